@@ -1,0 +1,149 @@
+"""Structured-config schemas: one dataclass per config group option.
+
+The YAML files in ``conf/`` hold the defaults and the documentation of every key; the dataclasses
+here hold the *types* and the *allowed values* (``metadata=``). ``rlexp.config.validate`` merges the
+composed config into these schemas (OmegaConf rejects wrong types and unknown keys, naming the full
+key) and then checks every constraint, before any model is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+def spec(*, ge=None, gt=None, le=None, lt=None, choices=None, registry=None, default=MISSING):
+    """A field with constraints: numeric bounds, a fixed set of choices, or a core registry name."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, registry=registry).items()
+            if v is not None}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class OnlineAlgorithmConfig:
+    name: str = MISSING
+    advantage: str = spec(registry="ADVANTAGE_ESTIMATORS")
+    gamma: float = spec(ge=0.0, le=1.0)
+    lam: float = spec(ge=0.0, le=1.0)
+    whiten_advantages: bool = MISSING
+    policy_loss: str = spec(registry="POLICY_LOSSES")
+    clip_eps: float = spec(gt=0.0)
+    clip_eps_high: Optional[float] = spec(gt=0.0, default=None)
+    dual_clip: Optional[float] = spec(gt=1.0, default=None)
+    loss_agg: str = spec(registry="AGGREGATIONS")
+    entropy_coef: float = spec(ge=0.0)
+    kl_coef: float = spec(ge=0.0)
+    kl_estimator: str = spec(registry="KL_ESTIMATORS")
+    kl_placement: str = spec(choices=("in_reward", "in_loss"))
+    value_clip_eps: Optional[float] = spec(gt=0.0, default=None)
+    critic_init: str = spec(choices=("actor", "random"))
+    prompts_per_step: int = spec(ge=1)
+    num_generations: int = spec(ge=1)
+    minibatch_size: int = spec(ge=1)
+    ppo_epochs: int = spec(ge=1)
+    actor_lr: float = spec(gt=0.0)
+    critic_lr: float = spec(gt=0.0)
+    weight_decay: float = spec(ge=0.0)
+    max_grad_norm: Optional[float] = spec(gt=0.0, default=None)
+
+
+@dataclass
+class WarmStartConfig:
+    enabled: bool = MISSING
+    lr: float = spec(gt=0.0)
+    warmup_steps: int = spec(ge=0)
+    batch_size: int = spec(ge=1)
+    max_steps: int = spec(ge=1)
+    eval_every: int = spec(ge=1)
+    target_accuracy: float = spec(ge=0.0, le=1.0)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class TinyModelConfig:
+    name: str = MISSING
+    hidden_size: int = spec(ge=1)
+    intermediate_size: int = spec(ge=1)
+    num_layers: int = spec(ge=1)
+    num_heads: int = spec(ge=1)
+    init_seed: int = spec(ge=0)
+    dtype: str = spec(choices=DTYPES)
+    fp32_logits: bool = MISSING
+    trust_remote_code: bool = MISSING
+    cache_dir: str = MISSING
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+
+@dataclass
+class HFModelConfig:
+    name: str = MISSING
+    name_or_path: str = MISSING
+    init_seed: int = spec(ge=0)
+    dtype: str = spec(choices=DTYPES)
+    fp32_logits: bool = MISSING
+    trust_remote_code: bool = MISSING
+    cache_dir: str = MISSING
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+
+@dataclass
+class ArithmeticTaskConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    min_operand: int = spec(ge=0)
+    max_operand: int = spec(ge=0)
+    num_eval: int = spec(ge=1)
+    split_seed: int = spec(ge=0)
+    max_new_tokens: int = spec(ge=1)
+    reward: Any = MISSING
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    accelerator: str = spec(choices=("cpu", "gpu", "cuda", "mps", "auto"))
+    devices: int = spec(ge=1)
+    num_nodes: int = spec(ge=1)
+    strategy: str = MISSING
+    precision: str = spec(choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
+    num_threads: Optional[int] = spec(ge=1, default=None)
+
+
+@dataclass
+class TrackingConfig:
+    name: str = spec(choices=("mlflow", "none"))
+    uri: Optional[str] = None
+    experiment: str = MISSING
+    run_name: Optional[str] = None
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass
+class RolloutConfig:
+    temperature: float = spec(gt=0.0)
+    top_p: float = spec(gt=0.0, le=1.0)
+    max_new_tokens: Optional[int] = spec(ge=1, default=None)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = spec(ge=1)
+    eval_every: int = spec(ge=1)
+    num_samples_logged: int = spec(ge=0)
+    progress_bar: bool = MISSING
+
+
+#: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here
+#: (a user's own task, say) is not type-checked beyond what its own code does.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "algorithm": {"ppo": OnlineAlgorithmConfig},
+    "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
+    "task": {"arithmetic": ArithmeticTaskConfig},
+    "hardware": {"*": HardwareConfig},
+    "tracking": {"*": TrackingConfig},
+    "rollout": {"*": RolloutConfig},
+    "trainer": {"*": TrainerConfig},
+}

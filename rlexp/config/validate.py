@@ -1,0 +1,122 @@
+"""Start-up validation of a composed config: one line naming the key, the value and what is allowed.
+
+``validate(cfg)`` runs before any model is built. Range and type checks import no torch; names that
+must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlexp.config.schema import SCHEMAS
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range, of the wrong type, unknown or inconsistent."""
+
+
+def _fmt(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _check_field(key: str, value: Any, meta: dict, registry_checks: list) -> None:
+    if value is None or not meta:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}={_fmt(value)} is not a known option; allowed: {', '.join(meta['choices'])}")
+    if "registry" in meta:
+        registry_checks.append((key, value, meta["registry"]))
+    bounds = []
+    if "ge" in meta:
+        bounds.append((value >= meta["ge"], f">= {meta['ge']}"))
+    if "gt" in meta:
+        bounds.append((value > meta["gt"], f"> {meta['gt']}"))
+    if "le" in meta:
+        bounds.append((value <= meta["le"], f"<= {meta['le']}"))
+    if "lt" in meta:
+        bounds.append((value < meta["lt"], f"< {meta['lt']}"))
+    if not all(ok for ok, _ in bounds):
+        allowed = " and ".join(text for _, text in bounds)
+        if "ge" in meta and "le" in meta:
+            allowed = f"in [{meta['ge']}, {meta['le']}]"
+        raise ConfigError(f"{key}={_fmt(value)} is out of range: must be {allowed}")
+
+
+def _check_node(prefix: str, node: DictConfig, schema: type, registry_checks: list) -> None:
+    for f in dataclasses.fields(schema):
+        value = node[f.name]
+        key = f"{prefix}.{f.name}"
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory()):
+            _check_node(key, value, type(f.default_factory()), registry_checks)
+            continue
+        _check_field(key, value, dict(f.metadata), registry_checks)
+
+
+def _typed(group: str, node: DictConfig, schema: type) -> DictConfig:
+    """Merge a group's node into its schema: wrong types, unknown and missing keys fail here."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+        return merged
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{group}.{key}: {msg}" if key else f"{group}: {msg}") from None
+
+
+def _check_registries(checks: list) -> None:
+    if not checks:
+        return
+    import rlexp.core as core  # imports torch: done last
+
+    for key, value, registry_name in checks:
+        registry = getattr(core, registry_name)
+        if value not in registry:
+            raise ConfigError(f"{key}={value} is not registered; allowed: {', '.join(registry.names())}")
+
+
+def _check_combinations(cfg: DictConfig) -> None:
+    a = cfg.get("algorithm")
+    if a is not None and "minibatch_size" in a:
+        batch = a.prompts_per_step * a.num_generations
+        if batch % a.minibatch_size:
+            raise ConfigError(
+                f"algorithm.minibatch_size={a.minibatch_size} must divide prompts_per_step × num_generations "
+                f"= {batch}")
+        if a.clip_eps_high is not None and a.clip_eps_high < a.clip_eps:
+            raise ConfigError(f"algorithm.clip_eps_high={a.clip_eps_high} must be >= algorithm.clip_eps={a.clip_eps}")
+    m = cfg.get("model")
+    if m is not None and "hidden_size" in m and "num_heads" in m and m.hidden_size % m.num_heads:
+        raise ConfigError(f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
+    if m is not None and m.get("name") == "hf":
+        from pathlib import Path
+
+        path = Path(str(m.name_or_path)).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model.name_or_path={m.name_or_path}: no such directory "
+                              f"(models load from local directories only)")
+    t = cfg.get("task")
+    if t is not None and "min_operand" in t and t.max_operand < t.min_operand:
+        raise ConfigError(f"task.max_operand={t.max_operand} must be >= task.min_operand={t.min_operand}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every group of ``cfg`` against its schema; raise ``ConfigError`` on the first problem."""
+    registry_checks: list = []
+    for group, options in SCHEMAS.items():
+        node = cfg.get(group)
+        if node is None:
+            raise ConfigError(f"{group}: missing from the config")
+        name = node.get("name", None)
+        schema = options.get("*") or options.get(name)
+        if schema is None:
+            continue
+        typed = _typed(group, node, schema)
+        _check_node(group, typed, schema, registry_checks)
+    if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
+        raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer >= 0")
+    _check_combinations(cfg)
+    _check_registries(registry_checks)

@@ -1,0 +1,131 @@
+"""Policy and value losses (PPO family) with their diagnostic metrics.
+
+Per-token losses are computed on ``[B, T]`` tensors, then reduced with
+:func:`rlexp.core.aggregate`.  Inputs at masked-out positions are zeroed
+before any arithmetic (so garbage there affects neither loss nor gradient).
+Metrics are token-means over masked tokens, returned as detached 0-dim tensors.
+
+Registry ``POLICY_LOSSES`` maps a config name to a policy loss with the
+signature of :func:`ppo_policy_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .aggregation import aggregate
+from .registry import Registry
+from .stats import as_bool_mask, masked_fill_zero, masked_mean
+
+Tensor = torch.Tensor
+
+POLICY_LOSSES = Registry("policy loss")
+
+
+def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Token-mean of a bool condition over masked tokens, detached."""
+    return masked_mean(cond.to(dtype), mask).detach()
+
+
+@POLICY_LOSSES.register("ppo_clip")
+def ppo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    *,
+    group_size: int | None = None,
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate (Schulman et al., 2017) with asymmetric and dual clip.
+
+    ``ρ_t = exp(log π_θ - log π_old)``,
+    ``ℓ_t = -min(ρ_t Â_t, clip(ρ_t, 1-ε_low, 1+ε_high) Â_t)``  (ε_low = clip_eps,
+    ε_high = clip_eps_high or clip_eps, DAPO clip-higher), and with ``dual_clip = c > 1``
+    (Ye et al., 2020; verl): ``ℓ_t = min(ℓ_t, -c Â_t)`` where ``Â_t < 0``.
+    ``loss = aggregate(ℓ, mask, agg, group_size=..., max_len=...)``.
+
+    logprobs (with grad), old_logprobs, advantages, mask: ``[B, T]``.
+    Returns ``(loss 0-dim, metrics)`` with metrics ``clipfrac`` (clipped term taken),
+    ``clipfrac_low`` (Â<0, ρ<1-ε_low), ``clipfrac_high`` (Â>0, ρ>1+ε_high),
+    ``dual_clipfrac``, ``approx_kl`` (token-mean of ``ρ - 1 - log ρ``), ``is_ratio_mean``.
+    """
+    eps_low = float(clip_eps)
+    eps_high = eps_low if clip_eps_high is None else float(clip_eps_high)
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"clip_eps must be >= 0, got low={eps_low}, high={eps_high}")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    m = as_bool_mask(mask)
+    log_ratio = masked_fill_zero(logprobs - old_logprobs.to(logprobs.dtype), m)
+    adv = masked_fill_zero(advantages.to(logprobs.dtype), m)
+    ratio = torch.exp(log_ratio)
+
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    per_token = torch.maximum(unclipped, clipped)
+    dtype = per_token.dtype
+    metrics = {
+        "clipfrac": _frac(clipped > unclipped, m, dtype),
+        "clipfrac_low": _frac((adv < 0) & (ratio < 1.0 - eps_low), m, dtype),
+        "clipfrac_high": _frac((adv > 0) & (ratio > 1.0 + eps_high), m, dtype),
+    }
+    if dual_clip is not None:
+        bound = -adv * dual_clip
+        dual_taken = (adv < 0) & (bound < per_token)
+        per_token = torch.where(dual_taken, bound, per_token)
+        metrics["dual_clipfrac"] = _frac(dual_taken, m, dtype)
+    else:
+        metrics["dual_clipfrac"] = torch.zeros((), dtype=dtype, device=per_token.device)
+    with torch.no_grad():
+        metrics["approx_kl"] = masked_mean(ratio - 1.0 - log_ratio, m).detach()
+        metrics["is_ratio_mean"] = masked_mean(ratio, m).detach()
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    return loss, metrics
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float | None = None,
+    agg: str = "token-mean",
+    *,
+    group_size: int | None = None,
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Critic regression loss, optionally value-clipped (PPO2-style).
+
+    Unclipped: ``ℓ_t = ½ (V_t - R_t)²``.  With ``clip_eps = ε``:
+    ``V^clip_t = V^old_t + clamp(V_t - V^old_t, -ε, ε)``,
+    ``ℓ_t = ½ max((V_t - R_t)², (V^clip_t - R_t)²)``.
+    ``loss = aggregate(ℓ, mask, agg, group_size=..., max_len=...)``.
+
+    values (with grad), old_values, returns, mask: ``[B, T]``.
+    Returns ``(loss 0-dim, metrics)`` with ``vf_clipfrac`` (clipped term strictly larger;
+    0 without clipping) and ``value_mean`` (token-mean of V).
+    """
+    m = as_bool_mask(mask)
+    v = masked_fill_zero(values, m)
+    r = masked_fill_zero(returns.to(values.dtype), m)
+    sq = (v - r) ** 2
+    dtype = sq.dtype
+    if clip_eps is None:
+        per_token = 0.5 * sq
+        clipfrac = torch.zeros((), dtype=dtype, device=sq.device)
+    else:
+        if clip_eps < 0:
+            raise ValueError(f"value clip_eps must be >= 0, got {clip_eps}")
+        old = masked_fill_zero(old_values.to(values.dtype), m)
+        v_clip = old + torch.clamp(v - old, -clip_eps, clip_eps)
+        sq_clip = (v_clip - r) ** 2
+        per_token = 0.5 * torch.maximum(sq, sq_clip)
+        clipfrac = _frac(sq_clip > sq, m, dtype)
+    metrics = {"vf_clipfrac": clipfrac, "value_mean": masked_mean(v, m).detach()}
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    return loss, metrics

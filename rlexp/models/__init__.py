@@ -1,0 +1,19 @@
+"""Building and running the actor, critic and reference models (layer 2: torch + transformers only).
+
+- ``tokenizer``: the embedded character tokenizer;
+- ``tiny``: the embedded tiny Llama-style model;
+- ``loading``: loading any local HF causal-LM directory (the one path every model takes);
+- ``value``: the critic, a causal-LM trunk with a scalar value head;
+- ``forward``: log-probabilities / values at response positions of a prompt+response batch.
+"""
+from rlexp.models.forward import response_logits, response_logprobs, response_values, sequence_inputs
+from rlexp.models.loading import ModelLoadError, disable_dropout, load_causal_lm, load_tokenizer
+from rlexp.models.tiny import build_tiny_model
+from rlexp.models.tokenizer import build_char_tokenizer
+from rlexp.models.value import ValueModel
+
+__all__ = [
+    "ModelLoadError", "ValueModel", "build_char_tokenizer", "build_tiny_model", "disable_dropout",
+    "load_causal_lm", "load_tokenizer", "response_logits", "response_logprobs", "response_values",
+    "sequence_inputs",
+]

@@ -1,0 +1,62 @@
+"""Forward passes over a prompt+response batch, returning quantities at the response positions.
+
+Inputs: ``prompt_ids [B, P]`` left-padded (``prompt_mask``), ``response_ids [B, T]`` right-padded
+(``mask``). The model sees ``cat(prompt, response)`` with position ids counted over real tokens only.
+The logit that scores response token ``t`` sits at sequence position ``P - 1 + t``; only those T
+positions go through the LM head (``[B, T, V]``, never ``[B, P+T, V]``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlexp.core import entropy_from_logits, logprobs_from_logits
+
+
+def sequence_inputs(prompt_ids, prompt_mask, response_ids, mask):
+    """``input_ids, attention_mask, position_ids``, all ``[B, P+T]``."""
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.long(), mask.long()], dim=1)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32: bool = True) -> torch.Tensor:
+    """Logits ``[B, T, V]`` scoring each response token.
+
+    ``fp32=True`` computes the LM head itself in float32 (ScaleRL's FP32 logits: the matmul, not only its
+    output, in full precision), applying Gemma-style final soft-capping when the config has it.
+    """
+    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, response_ids, mask)
+    if not fp32:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False, logits_to_keep=T + 1)
+        return out.logits[:, :-1]
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]   # [B, T, H]
+    head = model.get_output_embeddings()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = F.linear(hidden.float(), head.weight.float(),
+                          None if head.bias is None else head.bias.float())        # [B, T, V]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32: bool = True,
+                      with_entropy: bool = False):
+    """``(logprobs [B, T], entropy [B, T] or None)`` of the response tokens under ``model``."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, mask, fp32=fp32)
+    logprobs = logprobs_from_logits(logits, response_ids)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+def response_values(critic, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
+    """``V(s_t)`` ``[B, T]``: the value at the position that predicts response token ``t``."""
+    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, response_ids, mask)
+    values = critic(input_ids, attention_mask, position_ids)
+    return values[:, P - 1:P - 1 + T].float()

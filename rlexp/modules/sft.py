@@ -1,0 +1,37 @@
+"""Supervised fine-tuning on (prompt, completion) pairs: NLL of completion tokens only.
+
+Automatic optimization; AdamW with a linear warm-up to a *constant* learning rate (a decaying rate
+produced a useless RL warm start here, shared/FACTS.md). It builds the warm start of the embedded
+model, and is the fine-tuning half of rejection sampling.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from rlexp import core
+from rlexp.models import response_logits
+
+
+class SFTModule(L.LightningModule):
+    def __init__(self, model, *, lr: float, warmup_steps: int = 0, weight_decay: float = 0.0,
+                 fp32_logits: bool = True):
+        super().__init__()
+        self.model = model
+        self.lr, self.warmup_steps, self.weight_decay, self.fp32_logits = lr, warmup_steps, weight_decay, fp32_logits
+
+    def nll(self, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
+        """Token-mean negative log-likelihood of the completion tokens (EOS included)."""
+        logits = response_logits(self.model, prompt_ids, prompt_mask, response_ids, mask, fp32=self.fp32_logits)
+        return -core.aggregate(core.logprobs_from_logits(logits, response_ids), mask, "token-mean")
+
+    def training_step(self, batch, batch_idx):
+        loss = self.nll(*batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        warm = max(self.warmup_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,6 @@
+"""Generating and scoring completions (layer 2): rollout batches and greedy evaluation."""
+from rlexp.rollout.batch import RolloutBatch, collate_supervised, encode_prompts
+from rlexp.rollout.evaluate import EvalResult, evaluate
+from rlexp.rollout.generate import generate_rollout
+
+__all__ = ["EvalResult", "RolloutBatch", "collate_supervised", "encode_prompts", "evaluate", "generate_rollout"]

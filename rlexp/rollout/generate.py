@@ -1,0 +1,74 @@
+"""Sampling completions with ``generate`` (KV cache) and scoring them with the task's reward."""
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig
+
+from rlexp.rollout.batch import RolloutBatch, encode_prompts
+from rlexp.tasks.base import Example, Task, call_reward
+
+
+def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask [B, T]`` up to and including the first EOS (all ones if none), ``finished [B]``."""
+    is_eos = response_ids == eos_id
+    finished = is_eos.any(dim=1)
+    T = response_ids.shape[1]
+    first = torch.where(finished, is_eos.float().argmax(dim=1), torch.full_like(finished, T - 1, dtype=torch.long))
+    mask = (torch.arange(T, device=response_ids.device)[None, :] <= first[:, None]).float()
+    return mask, finished
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool,
+           temperature: float = 1.0, top_p: float = 1.0):
+    """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    gen = GenerationConfig(
+        do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+        top_k=0 if do_sample else None, max_new_tokens=max_new_tokens, use_cache=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
+    response_ids = out[:, prompt_ids.shape[1]:]
+    if response_ids.shape[1] == 0:  # cannot happen with max_new_tokens >= 1; keep shapes sane anyway
+        response_ids = torch.full((len(prompts), 1), tokenizer.eos_token_id, device=device)
+    mask, finished = _response_mask(response_ids, tokenizer.eos_token_id)
+    response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    return prompt_ids, prompt_mask, response_ids, mask, finished
+
+
+def decode_completions(tokenizer, response_ids, mask, finished):
+    """Per row: token ids (EOS included), text without EOS, and the text of each token."""
+    lengths = mask.sum(1).long().tolist()
+    rows = response_ids.tolist()
+    ids = [r[:n] for r, n in zip(rows, lengths)]
+    ends = finished.tolist()
+    texts = tokenizer.batch_decode([r[:-1] if e else r for r, e in zip(ids, ends)], skip_special_tokens=False)
+    vocab = sorted({t for r in ids for t in r})
+    piece = dict(zip(vocab, tokenizer.batch_decode([[t] for t in vocab], skip_special_tokens=False)))
+    tokens = [[piece[t] for t in r] for r in ids]
+    return ids, texts, tokens
+
+
+def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished):
+    """Task rewards as ``(token_rewards [B, T], scores [B], completions)``."""
+    ids, texts, tokens = decode_completions(tokenizer, response_ids, mask, finished)
+    rows = call_reward(task.reward, [e.prompt for e in examples], texts, targets=[e.target for e in examples],
+                       completion_ids=ids, completion_tokens=tokens, finished=finished.tolist())
+    token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        token_rewards[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+    token_rewards = token_rewards.to(mask.device)
+    return token_rewards, token_rewards.sum(1), texts
+
+
+def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, num_generations: int,
+                     max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0) -> RolloutBatch:
+    """Sample ``num_generations`` completions per example (consecutive rows) and score them."""
+    rows = [e for e in examples for _ in range(num_generations)]
+    prompt_ids, prompt_mask, response_ids, mask, finished = sample(
+        model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
+        temperature=temperature, top_p=top_p)
+    token_rewards, scores, texts = score(task, tokenizer, rows, response_ids, mask, finished)
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
+                        prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows])

@@ -1,0 +1,94 @@
+"""The task contract and the reward-function signature.
+
+A task holds a training pool and a held-out evaluation split of ``Example(prompt, target)`` and a
+reward function. **Reward signature** (plug your own in with ``task.reward._target_=pkg.module.fn``;
+Hydra builds it with ``_partial_: true``, so extra config keys become keyword arguments)::
+
+    def my_reward(prompts: list[str], completions: list[str], *, targets: list[str],
+                  completion_ids: list[list[int]], completion_tokens: list[list[str]],
+                  finished: list[bool], **kwargs) -> list[float] | list[list[float]]
+
+- ``completions[i]``: the decoded text of completion ``i`` without its EOS;
+- ``completion_ids[i]`` / ``completion_tokens[i]``: its token ids / per-token text, EOS included
+  when it ended (``finished[i]``), so ``len(completion_ids[i])`` is its number of masked tokens;
+- return one float per completion (a sequence score, placed on its last token), or one list per
+  completion with one float per token (per-token rewards; their sum is the completion's score).
+Accept ``**kwargs`` so that fields added later do not break your function.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt and the reference answer text (no EOS)."""
+
+    prompt: str
+    target: str
+
+
+class RewardError(RuntimeError):
+    """A reward function that raised or returned something unusable; names the function."""
+
+
+def _fn_name(fn: Callable) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial from Hydra's _partial_
+    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
+
+
+def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, targets: list[str],
+                completion_ids: list[list[int]], completion_tokens: list[list[str]],
+                finished: list[bool]) -> list[list[float]]:
+    """Call ``fn`` and return per-token rewards, one list per completion (sequence scores go last)."""
+    name = _fn_name(fn)
+    try:
+        out = fn(prompts, completions, targets=targets, completion_ids=completion_ids,
+                 completion_tokens=completion_tokens, finished=finished)
+    except Exception as e:  # noqa: BLE001 - re-raised with the function named
+        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}") from e
+    out = list(out) if out is not None else None
+    if out is None or len(out) != len(completions):
+        raise RewardError(f"reward function {name} returned {0 if out is None else len(out)} values "
+                          f"for {len(completions)} completions")
+    token_rewards = []
+    for i, (r, ids) in enumerate(zip(out, completion_ids)):
+        if isinstance(r, Sequence) and not isinstance(r, str):
+            row = [float(x) for x in r]
+            if len(row) != len(ids):
+                raise RewardError(f"reward function {name} returned {len(row)} token rewards for completion "
+                                  f"{i} of {len(ids)} tokens ({completions[i]!r})")
+        else:
+            row = [0.0] * len(ids)
+            if row:
+                row[-1] = float(r)
+        if not all(math.isfinite(x) for x in row):
+            raise RewardError(f"reward function {name} returned a non-finite reward for completion {i} "
+                              f"({completions[i]!r}): {r}")
+        token_rewards.append(row)
+    return token_rewards
+
+
+class Task:
+    """Base class: a name, a training pool, a held-out split, a reward function and a token budget."""
+
+    name: str = "task"
+    #: characters the task's prompts and answers use (for the embedded char tokenizer); None = any
+    alphabet: str | None = None
+
+    def __init__(self, *, name: str, reward: Callable, max_new_tokens: int):
+        self.name = name
+        self.reward = reward
+        self.max_new_tokens = max_new_tokens
+        self.train_examples: list[Example] = []
+        self.eval_examples: list[Example] = []
+
+    def sft_completion(self, example: Example) -> str:
+        """The completion text a supervised warm start trains on (EOS is appended by the caller)."""
+        return example.target
+
+    def fingerprint(self) -> dict:
+        """What determines the prompts (used to key cached warm starts)."""
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name}

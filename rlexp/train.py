@@ -1,0 +1,157 @@
+"""Composing a run from the config and fitting it: the function behind ``rlexp train``.
+
+``run(cfg)`` validates the config (before any model is built), creates the MLflow run, prepares the
+policy directory (building the warm start on first use), instantiates the task, actor, critic and
+reference, and calls ``Trainer.fit``. ``hydra_main`` (the ``@hydra.main`` entry the CLI calls)
+returns the final ``eval/reward_mean``: the number a sweeper optimizes. ``compose(overrides)``
+gives the composed config without running anything (tests, notebooks).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from rlexp.config import ConfigError, validate
+
+log = logging.getLogger("rlexp")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for pattern in (r".*modules? in eval mode.*", r".*isinstance\(treespec, LeafSpec\).*",
+                    r".*smaller than the logging interval.*", r".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def compose(overrides=()) -> DictConfig:
+    """The composed config for ``overrides`` (as on the command line), without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def build_module(cfg: DictConfig, task, model_dir: Path):
+    """The OnlineRLModule with actor (from ``model_dir``), critic and reference as the config asks."""
+    import copy
+
+    from rlexp.models import ValueModel, load_causal_lm, load_tokenizer
+    from rlexp.modules import OnlineRLModule
+
+    m, a = cfg.model, cfg.algorithm
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
+    actor = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+    critic = None
+    if a.advantage == "gae":  # the only estimator that needs V(s)
+        critic = ValueModel.from_causal_lm(actor, reinit=a.critic_init == "random", seed=cfg.seed)
+    reference = copy.deepcopy(actor) if a.kl_coef > 0 else None  # kl_coef 0: no reference pass at all
+    actor.train()  # from_pretrained returns eval mode; dropout is already disabled
+    if critic is not None:
+        critic.train()
+    return OnlineRLModule(algo=a, rollout=cfg.rollout, actor=actor, tokenizer=tokenizer, task=task, critic=critic,
+                          reference=reference, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
+                          eval_every=cfg.trainer.eval_every, num_samples_logged=cfg.trainer.num_samples_logged,
+                          fp32_logits=m.fp32_logits)
+
+
+def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str | None = None,
+        output_dir: str | None = None):
+    """Validate, build and fit one experiment. Returns the fitted module (``module.last_eval`` holds
+    the final evaluation, ``module.history`` every logged metric)."""
+    validate(cfg)
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from rlexp.modules import iteration_loader
+    from rlexp.tracking import RunArtifacts, make_logger, mark_run_status
+    from rlexp.warmstart import prepare_model_dir
+
+    _quiet_libraries()
+    hw = cfg.hardware
+    if hw.num_threads:
+        torch.set_num_threads(hw.num_threads)
+    launch_dir = launch_dir or os.getcwd()
+    logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [])
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        task = instantiate(cfg.task)
+        model_dir, ws_info = prepare_model_dir(cfg.model, task, hw)
+        if ws_info.get("built"):
+            log.info("Warm start built in %.1f s (greedy accuracy %.3f) and cached at %s",
+                     ws_info["seconds"], ws_info["accuracy"], model_dir)
+        module = build_module(cfg, task, model_dir)
+        callbacks = []
+        if logger is not None:
+            logger.experiment.set_tag(logger.run_id, "warmstart.built", str(bool(ws_info.get("built"))))
+            callbacks.append(RunArtifacts(logger, ws_info))
+        if cfg.trainer.progress_bar:
+            from lightning.pytorch.callbacks import RichProgressBar
+            callbacks.append(RichProgressBar())
+        trainer = L.Trainer(
+            max_epochs=1, max_steps=-1, accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes,
+            strategy=hw.strategy, precision=hw.precision, logger=logger if logger is not None else False,
+            callbacks=callbacks, enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=bool(cfg.trainer.progress_bar), use_distributed_sampler=False,
+            num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
+            default_root_dir=output_dir or launch_dir)
+        trainer.fit(module, train_dataloaders=iteration_loader(cfg.trainer.max_steps))
+    except BaseException as e:
+        mark_run_status(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    mark_run_status(logger, "FINISHED")
+    _report(module, logger)
+    return module
+
+
+def _report(module, logger) -> None:
+    first = next((h for h in module.history if "eval/reward_mean" in h), {})
+    last = module.last_eval
+    log.info("eval/reward_mean %.3f (step 0, warm start) -> %.3f (step %s)",
+             first.get("eval/reward_mean", float("nan")), last.get("eval/reward_mean", float("nan")),
+             last.get("step"))
+    if logger is not None:
+        log.info("MLflow run %s in experiment %r at %s  (browse: mlflow ui --backend-store-uri %s)",
+                 logger.run_id, logger._experiment_name, logger._tracking_uri, logger._tracking_uri)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: reported in one line, without a traceback."""
+    from rlexp.models import ModelLoadError
+    from rlexp.tasks import RewardError
+    from rlexp.tracking import TrackingError
+
+    return ConfigError, ModelLoadError, RewardError, TrackingError
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    try:
+        module = run(cfg, overrides=overrides, launch_dir=hydra.utils.get_original_cwd(),
+                     output_dir=hc.runtime.output_dir)
+    except Exception as e:
+        if hc.mode == RunMode.MULTIRUN or not isinstance(e, _user_errors()):
+            raise
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        print(f"rlexp: {kind}: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    return float(module.last_eval.get("eval/reward_mean", float("nan")))
