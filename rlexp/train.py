@@ -149,9 +149,13 @@ def hydra_main(cfg: DictConfig) -> float:
         module = run(cfg, overrides=overrides, launch_dir=hydra.utils.get_original_cwd(),
                      output_dir=hc.runtime.output_dir)
     except Exception as e:
-        if hc.mode == RunMode.MULTIRUN or not isinstance(e, _user_errors()):
+        if hc.mode == RunMode.MULTIRUN:
             raise
-        kind = "config error" if isinstance(e, ConfigError) else "error"
-        print(f"rlexp: {kind}: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+        if isinstance(e, ConfigError):  # checked first: classifying it must not import torch
+            print(f"rlexp: config error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if not isinstance(e, _user_errors()):
+            raise
+        print(f"rlexp: error: {e}", file=sys.stderr)
+        sys.exit(1)
     return float(module.last_eval.get("eval/reward_mean", float("nan")))

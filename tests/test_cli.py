@@ -67,6 +67,11 @@ def test_tracking_uri_from_the_environment(mlflow_uri, in_tmp, monkeypatch):
     assert not (in_tmp / "mlflow.db").exists()
 
 
+def test_tracking_uri_does_not_leak_into_the_environment(mlflow_uri, in_tmp):
+    main(["train", *FAST, f"tracking.uri={mlflow_uri}", "tracking.experiment=no-leak", "trainer.max_steps=1"])
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a later run or child process keeps its own default
+
+
 def test_a_crash_marks_the_run_failed_and_keeps_what_it_logged(mlflow_uri, in_tmp, capsys):
     rewards_for_tests.CALLS["n"] = 0
     with pytest.raises(SystemExit) as e:

@@ -73,6 +73,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
         tags["mlflow.source.git.commit"] = commit
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     logger = MLFlowLogger(experiment_name=t.experiment, run_name=run_name[:250], tracking_uri=uri, tags=tags)
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         client, run_id = logger.experiment, logger.run_id
         from mlflow.entities import Param
@@ -82,6 +83,13 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     except Exception as e:  # noqa: BLE001 - any store failure at start-up is fatal and named
         raise TrackingError(f"tracking store {uri} is not usable: {type(e).__name__}: {e}") from e
+    finally:
+        # mlflow.set_tracking_uri (called by MLFlowLogger) exports MLFLOW_TRACKING_URI to the process
+        # environment; undo it so that one run's tracking.uri does not redirect later runs or children
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
     return logger
 
 
