@@ -1,7 +1,7 @@
 """Shared fixtures: one MLflow SQLite store and one warm-start cache per test session.
 
 Creating an MLflow SQLite store costs ~6 s of migrations and the tiny model's warm start a few
-seconds, so both are made once and reused. ``FAST`` overrides shrink a run to a few seconds.
+seconds, so both are made once and reused. ``fast_overrides.FAST`` shrinks a run to seconds.
 """
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# a short warm start and a small batch: every in-process test run shares this warm start
-FAST = [
-    "trainer.max_steps=2", "trainer.eval_every=1", "trainer.progress_bar=false", "trainer.num_samples_logged=4",
-    "model.warmstart.max_steps=60", "model.warmstart.eval_every=60", "task.num_eval=32",
-    "algorithm.prompts_per_step=8", "algorithm.minibatch_size=4",
-]
+from fast_overrides import FAST  # noqa: F401  (re-exported for convenience)
 
 
 @pytest.fixture(scope="session", autouse=True)

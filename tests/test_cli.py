@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import rewards_for_tests
-from conftest import FAST
+from fast_overrides import FAST
 from rlexp.cli import main
 
 REQUIRED_METRICS = [

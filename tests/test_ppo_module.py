@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import FAST
+from fast_overrides import FAST
 from rlexp import core
 from rlexp.config.schema import OnlineAlgorithmConfig
 from rlexp.modules import iteration_loader

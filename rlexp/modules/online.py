@@ -198,7 +198,8 @@ class OnlineRLModule(L.LightningModule):
         n_tokens = float(batch.mask.sum().item())
         metrics.update({"perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
                         "perf/update_seconds": step_seconds - t_gen,
-                        "perf/tokens_per_second": n_tokens / step_seconds})
+                        "perf/tokens_per_second": n_tokens / step_seconds,
+                        "perf/generate_tokens_per_second": n_tokens / max(t_gen, 1e-9)})
         done = self.iteration + 1
         self._log(metrics, done)
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)
