@@ -52,6 +52,7 @@ def build_module(cfg: DictConfig, task, model_dir: Path):
     """The OnlineRLModule with actor (from ``model_dir``), critic and reference as the config asks."""
     import copy
 
+    from rlexp.core import ADVANTAGE_ESTIMATORS
     from rlexp.models import ValueModel, load_causal_lm, load_tokenizer
     from rlexp.modules import OnlineRLModule
 
@@ -59,7 +60,7 @@ def build_module(cfg: DictConfig, task, model_dir: Path):
     tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
     actor = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
     critic = None
-    if a.advantage == "gae":  # the only estimator that needs V(s)
+    if ADVANTAGE_ESTIMATORS.get(a.advantage).needs_critic:  # e.g. gae; the GRPO family builds none
         critic = ValueModel.from_causal_lm(actor, reinit=a.critic_init == "random", seed=cfg.seed)
     reference = copy.deepcopy(actor) if a.kl_coef > 0 else None  # kl_coef 0: no reference pass at all
     actor.train()  # from_pretrained returns eval mode; dropout is already disabled
@@ -89,7 +90,14 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     launch_dir = launch_dir or os.getcwd()
+    from rlexp.config.knobs import dead_overrides
+
+    dead = dead_overrides(cfg.algorithm, overrides or [])
+    for key, why in dead.items():
+        log.warning("%s has no effect in this run: %s", key, why)
     logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [])
+    if logger is not None and dead:
+        logger.experiment.set_tag(logger.run_id, "rlexp.dead_knobs", ", ".join(sorted(dead)))
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         task = instantiate(cfg.task)

@@ -27,6 +27,8 @@ class OnlineAlgorithmConfig:
     gamma: float = spec(ge=0.0, le=1.0)
     lam: float = spec(ge=0.0, le=1.0)
     whiten_advantages: bool = MISSING
+    adv_scale: str = spec(choices=("group", "batch", "none"))
+    adv_eps: float = spec(ge=0.0)
     policy_loss: str = spec(registry="POLICY_LOSSES")
     clip_eps: float = spec(gt=0.0)
     clip_eps_high: Optional[float] = spec(gt=0.0, default=None)
@@ -46,6 +48,16 @@ class OnlineAlgorithmConfig:
     critic_lr: float = spec(gt=0.0)
     weight_decay: float = spec(ge=0.0)
     max_grad_norm: Optional[float] = spec(gt=0.0, default=None)
+    dynamic_sampling: bool = MISSING
+    max_gen_batches: int = spec(ge=1)
+    zero_variance_filter: bool = MISSING
+    overlong_penalty: float = spec(ge=0.0)
+    overlong_max_len: Optional[int] = spec(ge=1, default=None)
+    overlong_buffer: int = spec(ge=0)
+    overlong_filter: bool = MISSING
+    no_positive_resampling: bool = MISSING
+    pass_rate_threshold: float = spec(gt=0.0, le=1.0)
+    pass_reward: float = MISSING
 
 
 @dataclass
@@ -139,7 +151,7 @@ class TrainerConfig:
 #: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here
 #: (a user's own task, say) is not type-checked beyond what its own code does.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "algorithm": {"ppo": OnlineAlgorithmConfig},
+    "algorithm": {name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo", "scalerl")},
     "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
     "task": {"arithmetic": ArithmeticTaskConfig},
     "hardware": {"*": HardwareConfig},

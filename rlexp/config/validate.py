@@ -78,6 +78,28 @@ def _check_registries(checks: list) -> None:
             raise ConfigError(f"{key}={value} is not registered; allowed: {', '.join(registry.names())}")
 
 
+def _check_algorithm_pieces(a) -> None:
+    """Combinations that depend on what the registered pieces are (after the registry check)."""
+    from rlexp.core import ADVANTAGE_ESTIMATORS
+
+    G = a.num_generations
+    est = ADVANTAGE_ESTIMATORS.get(a.advantage)
+    if not est.needs_critic and G < 2:  # every critic-free estimator compares completions of one prompt
+        raise ConfigError(f"algorithm.num_generations={G} must be >= 2 with the group estimator "
+                          f"algorithm.advantage={a.advantage}")
+    for key in ("dynamic_sampling", "zero_variance_filter", "no_positive_resampling"):
+        if a[key] and G < 2:
+            raise ConfigError(f"algorithm.{key}=true needs groups: algorithm.num_generations={G} must be >= 2")
+    if a.loss_agg == "prompt-mean" and a.minibatch_size % G:
+        raise ConfigError(f"algorithm.minibatch_size={a.minibatch_size} must be a multiple of "
+                          f"algorithm.num_generations={G} with loss_agg=prompt-mean (whole groups per minibatch)")
+    if a.policy_loss == "cispo" and a.dual_clip is not None:
+        raise ConfigError(f"algorithm.dual_clip={a.dual_clip} does not apply to policy_loss=cispo; set it to null")
+    if a.overlong_max_len is not None and a.overlong_buffer > a.overlong_max_len:
+        raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer} must be <= "
+                          f"algorithm.overlong_max_len={a.overlong_max_len}")
+
+
 def _check_combinations(cfg: DictConfig) -> None:
     a = cfg.get("algorithm")
     if a is not None and "minibatch_size" in a:
@@ -120,3 +142,5 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer >= 0")
     _check_combinations(cfg)
     _check_registries(registry_checks)
+    if "advantage" in cfg.algorithm:
+        _check_algorithm_pieces(cfg.algorithm)

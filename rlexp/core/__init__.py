@@ -1,17 +1,29 @@
 """rlexp.core: the pure-math layer (torch only) of rlexp.
 
-Masked statistics, advantage estimators, KL estimators, loss aggregation,
-log-prob/entropy helpers and PPO-family losses, plus the name registries that
-let configs select among them.  Tensor convention: response tensors are
-``[B, T]``, right-padded, with a prefix ``mask``; see each module's docstring.
+Masked statistics, advantage estimators (GAE and group-relative: GRPO, Dr. GRPO,
+RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy losses
+(PPO clip, GSPO, CISPO), value loss and DAPO overlong reward shaping, plus the
+name registries that let configs select among them.  Tensor convention: response
+tensors are ``[B, T]``, right-padded, with a prefix ``mask``; completions of one
+prompt are consecutive rows (groups of ``group_size``); see each module's docstring.
 """
 
-from .advantages import ADVANTAGE_ESTIMATORS, gae
+from .advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageEstimator,
+    gae,
+    group_advantages,
+    group_pass_rate,
+    rloo_advantages,
+    zero_std_groups,
+)
 from .aggregation import AGGREGATIONS, aggregate
 from .kl import KL_ESTIMATORS, kl_estimate
 from .logprobs import entropy_from_logits, logprobs_from_logits
 from .losses import POLICY_LOSSES, ppo_policy_loss, value_loss
+from .policy_losses import cispo_policy_loss, gspo_policy_loss
 from .registry import Registry
+from .shaping import overlong_penalty
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
@@ -19,17 +31,25 @@ __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "AdvantageEstimator",
     "Registry",
     "aggregate",
+    "cispo_policy_loss",
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "group_advantages",
+    "group_pass_rate",
+    "gspo_policy_loss",
     "kl_estimate",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "overlong_penalty",
     "ppo_policy_loss",
+    "rloo_advantages",
     "value_loss",
+    "zero_std_groups",
 ]

@@ -1,10 +1,25 @@
-"""Advantage estimators: per-token advantages and returns from rewards and values.
+"""Advantage estimators: per-token advantages and returns from rewards (and values).
 
-Registry ``ADVANTAGE_ESTIMATORS`` maps a config name to an estimator with the
-signature ``(rewards, values, mask, gamma, lam) -> (advantages, returns)``.
+Registry ``ADVANTAGE_ESTIMATORS`` maps a config name to an :class:`AdvantageEstimator`,
+all called the same way::
+
+    est = ADVANTAGE_ESTIMATORS.get(name)
+    advantages, returns = est(rewards, values, mask, gamma=..., lam=...,
+                              group_size=..., scale=..., eps=...)   # [B, T] each
+
+Arguments an estimator does not use are ignored (``values`` may then be ``None``);
+``est.uses`` names the algorithm config keys it reads and ``est.needs_critic`` says
+whether it needs ``values``.  Critic-free estimators score a completion by
+``s_b = Σ_t rewards[b,t]·mask[b,t]`` and compare it with the other completions of its
+prompt: completions of one prompt are consecutive rows, in groups of ``group_size``
+(``B % group_size == 0``).  Group-wise helpers work on scores ``[B]``.
 """
 
 from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -15,8 +30,48 @@ Tensor = torch.Tensor
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 
+SCALES = ("group", "batch", "none")
 
-@ADVANTAGE_ESTIMATORS.register("gae")
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered estimator: ``fn`` plus what it needs from the config.
+
+    ``fn(rewards, values, mask, *, gamma, lam, group_size, scale, eps) -> (adv, ret)``;
+    ``needs_critic``: reads ``values``; ``uses``: algorithm config keys it reads.
+    """
+
+    name: str
+    fn: Callable[..., tuple[Tensor, Tensor]]
+    needs_critic: bool
+    uses: frozenset[str]
+
+    def __call__(
+        self,
+        rewards: Tensor,
+        values: Tensor | None,
+        mask: Tensor,
+        *,
+        gamma: float = 1.0,
+        lam: float = 1.0,
+        group_size: int = 1,
+        scale: str = "group",
+        eps: float = 1e-6,
+    ) -> tuple[Tensor, Tensor]:
+        """rewards, values, mask: ``[B, T]`` -> ``(advantages, returns)``, both ``[B, T]``."""
+        return self.fn(rewards, values, mask, gamma=gamma, lam=lam,
+                       group_size=group_size, scale=scale, eps=eps)
+
+
+def _register(name: str, needs_critic: bool, uses: frozenset[str]):
+    def decorator(fn):
+        ADVANTAGE_ESTIMATORS.register(name)(AdvantageEstimator(name, fn, needs_critic, uses))
+        return fn
+
+    return decorator
+
+
+# ------------------------------------------------------------------ GAE
 def gae(
     rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
 ) -> tuple[Tensor, Tensor]:
@@ -52,3 +107,130 @@ def gae(
             next_v = v[:, t]
         returns = adv + v
     return adv, returns
+
+
+@_register("gae", needs_critic=True, uses=frozenset({"gamma", "lam"}))
+def _gae_estimator(rewards, values, mask, *, gamma, lam, **_unused):
+    if values is None:
+        raise ValueError("advantage estimator 'gae' needs values (a critic); got None")
+    return gae(rewards, values, mask, gamma, lam)
+
+
+# ------------------------------------------------------------------ group helpers
+def _float(x: Tensor) -> Tensor:
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
+def _groups(scores: Tensor, group_size: int) -> Tensor:
+    """``[B]`` -> ``[B // G, G]`` view; ValueError unless 1-D and ``G >= 1`` divides ``B``."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D [B], got shape {tuple(scores.shape)}")
+    B = scores.shape[0]
+    try:
+        G = operator.index(group_size) if not isinstance(group_size, bool) else 0
+    except TypeError:
+        G = 0
+    if G < 1 or B % G != 0:
+        raise ValueError(f"group_size={group_size} must be >= 1 and divide the batch size {B}")
+    return scores.reshape(B // G, G)
+
+
+def zero_std_groups(scores: Tensor, group_size: int) -> Tensor:
+    """True for groups whose scores are all exactly equal (no learning signal).
+
+    scores: ``[B]`` -> bool ``[B // group_size]``.
+    """
+    g = _groups(scores, group_size)
+    return (g == g[:, :1]).all(dim=-1)
+
+
+def group_pass_rate(scores: Tensor, group_size: int, threshold: float = 1.0) -> Tensor:
+    """Fraction of each group's scores ``>= threshold``: ``(1/G) Σ_{i∈g} [s_i >= thr]``.
+
+    scores: ``[B]`` -> float ``[B // group_size]`` (dtype of ``scores`` if floating).
+    """
+    g = _groups(scores, group_size)
+    return (g >= threshold).to(_float(scores).dtype).mean(dim=-1)
+
+
+def group_advantages(
+    scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6
+) -> Tensor:
+    """GRPO-style group-relative advantages ``A_i = (s_i - mean_g) / D``.
+
+    ``D`` by ``scale``: ``"group"`` -> ``std_g + eps`` (unbiased std of the ``G`` scores
+    of i's group; needs ``G >= 2``), ``"batch"`` -> ``std(all B scores) + eps`` (unbiased;
+    0 if ``B < 2``; ScaleRL batch-level normalization), ``"none"`` -> 1 (Dr. GRPO).
+    Groups of exactly equal scores get ``A = 0`` exactly (no rounding noise).
+    scores: ``[B]`` (float or int), ``B % G == 0`` -> ``[B]`` float, no gradient.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if scale == "group" and group_size == 1:
+        raise ValueError("scale='group' needs group_size >= 2 (std of one score); "
+                         "got group_size=1")
+    with torch.no_grad():
+        s = _float(scores)
+        g = _groups(s, group_size)
+        centered = g - g.mean(dim=-1, keepdim=True)
+        if scale == "group":
+            centered = centered / (g.std(dim=-1, keepdim=True) + eps)
+        elif scale == "batch":
+            std = s.std() if s.shape[0] >= 2 else torch.zeros((), dtype=s.dtype, device=s.device)
+            centered = centered / (std + eps)
+        flat = zero_std_groups(s, group_size)[:, None]
+        return torch.where(flat, torch.zeros_like(centered), centered).reshape(-1)
+
+
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al., 2024): ``A_i = s_i - (Σ_{j∈g, j≠i} s_j)/(G-1)``.
+
+    scores: ``[B]``, ``B % G == 0``, ``G >= 2`` -> ``[B]`` float, no gradient; groups of
+    equal scores get exactly 0.
+    """
+    if group_size == 1:
+        raise ValueError("rloo needs group_size >= 2 (a leave-one-out baseline); got group_size=1")
+    with torch.no_grad():
+        s = _float(scores)
+        g = _groups(s, group_size)
+        adv = g - (g.sum(dim=-1, keepdim=True) - g) / (group_size - 1)
+        flat = zero_std_groups(s, group_size)[:, None]
+        return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
+
+
+# ------------------------------------------------------------------ critic-free estimators
+def _sequence_scores(rewards: Tensor, mask: Tensor) -> Tensor:
+    """``s_b = Σ_t rewards[b,t]·mask[b,t]``: ``[B, T]`` -> ``[B]`` (float)."""
+    return masked_fill_zero(_float(rewards), as_bool_mask(mask)).sum(dim=-1)
+
+
+def _broadcast(adv_b: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``A_b`` on row b's masked tokens, 0 elsewhere; returns = advantages (a copy)."""
+    m = as_bool_mask(mask)
+    adv = torch.where(m, adv_b[:, None], torch.zeros((), dtype=adv_b.dtype, device=adv_b.device))
+    return adv, adv.clone()
+
+
+@_register("grpo", needs_critic=False, uses=frozenset({"adv_scale", "adv_eps"}))
+def _grpo_estimator(rewards, values, mask, *, group_size, scale, eps, **_unused):
+    """GRPO (Shao et al., 2024): ``Â_{b,t} = group_advantages(s, G, scale, eps)_b``."""
+    with torch.no_grad():
+        return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size,
+                                           scale, eps), mask)
+
+
+@_register("dr_grpo", needs_critic=False, uses=frozenset())
+def _dr_grpo_estimator(rewards, values, mask, *, group_size, **_unused):
+    """Dr. GRPO (Liu et al., 2025): ``Â_{b,t} = s_b - mean_g`` (no std division)."""
+    with torch.no_grad():
+        return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size,
+                                           "none"), mask)
+
+
+@_register("rloo", needs_critic=False, uses=frozenset())
+def _rloo_estimator(rewards, values, mask, *, group_size, **_unused):
+    """RLOO: ``Â_{b,t} = rloo_advantages(s, G)_b``."""
+    with torch.no_grad():
+        return _broadcast(rloo_advantages(_sequence_scores(rewards, mask), group_size), mask)

@@ -6,7 +6,7 @@ before any arithmetic (so garbage there affects neither loss nor gradient).
 Metrics are token-means over masked tokens, returned as detached 0-dim tensors.
 
 Registry ``POLICY_LOSSES`` maps a config name to a policy loss with the
-signature of :func:`ppo_policy_loss`.
+signature of :func:`ppo_policy_loss` (more entries in :mod:`.policy_losses`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,62 @@ POLICY_LOSSES = Registry("policy loss")
 def _frac(cond: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Token-mean of a bool condition over masked tokens, detached."""
     return masked_mean(cond.to(dtype), mask).detach()
+
+
+def clip_bounds(clip_eps: float, clip_eps_high: float | None) -> tuple[float, float]:
+    """``(ε_low, ε_high)`` with ``ε_high = clip_eps_high or clip_eps``; both must be > 0.
+
+    ``ε_low >= 1`` is allowed: the lower ratio bound ``1 - ε_low <= 0`` then never binds.
+    """
+    eps_low = float(clip_eps)
+    eps_high = eps_low if clip_eps_high is None else float(clip_eps_high)
+    if not (eps_low > 0 and eps_high > 0):
+        raise ValueError(f"clip_eps must be > 0, got low={eps_low}, high={eps_high}")
+    return eps_low, eps_high
+
+
+def clipped_surrogate(
+    ratio: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip: float | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-token ``-min(ρÂ, clip(ρ, 1-ε_low, 1+ε_high)Â)``, dual-clipped where ``Â < 0``.
+
+    ratio, adv (zeroed off-mask), mask: ``[B, T]`` -> ``(per_token [B, T], metrics)`` with
+    ``clipfrac``, ``clipfrac_low``, ``clipfrac_high``, ``dual_clipfrac`` (token-means).
+    """
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    per_token = torch.maximum(unclipped, clipped)
+    dtype = per_token.dtype
+    metrics = {
+        "clipfrac": _frac(clipped > unclipped, mask, dtype),
+        "clipfrac_low": _frac((adv < 0) & (ratio < 1.0 - eps_low), mask, dtype),
+        "clipfrac_high": _frac((adv > 0) & (ratio > 1.0 + eps_high), mask, dtype),
+    }
+    if dual_clip is not None:
+        bound = -adv * dual_clip
+        dual_taken = (adv < 0) & (bound < per_token)
+        per_token = torch.where(dual_taken, bound, per_token)
+        metrics["dual_clipfrac"] = _frac(dual_taken, mask, dtype)
+    else:
+        metrics["dual_clipfrac"] = torch.zeros((), dtype=dtype, device=per_token.device)
+    return per_token, metrics
+
+
+@torch.no_grad()
+def ratio_metrics(ratio: Tensor, log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """``approx_kl`` = token-mean of ``ρ - 1 - log ρ``; ``is_ratio_mean`` = token-mean of ``ρ``.
+
+    ratio, log_ratio (zeroed off-mask), mask: ``[B, T]`` -> detached 0-dim tensors.
+    """
+    return {"approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask).detach(),
+            "is_ratio_mean": masked_mean(ratio, mask).detach()}
 
 
 @POLICY_LOSSES.register("ppo_clip")
@@ -54,36 +110,13 @@ def ppo_policy_loss(
     ``clipfrac_low`` (Â<0, ρ<1-ε_low), ``clipfrac_high`` (Â>0, ρ>1+ε_high),
     ``dual_clipfrac``, ``approx_kl`` (token-mean of ``ρ - 1 - log ρ``), ``is_ratio_mean``.
     """
-    eps_low = float(clip_eps)
-    eps_high = eps_low if clip_eps_high is None else float(clip_eps_high)
-    if eps_low < 0 or eps_high < 0:
-        raise ValueError(f"clip_eps must be >= 0, got low={eps_low}, high={eps_high}")
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    eps_low, eps_high = clip_bounds(clip_eps, clip_eps_high)
     m = as_bool_mask(mask)
     log_ratio = masked_fill_zero(logprobs - old_logprobs.to(logprobs.dtype), m)
     adv = masked_fill_zero(advantages.to(logprobs.dtype), m)
     ratio = torch.exp(log_ratio)
-
-    unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    per_token = torch.maximum(unclipped, clipped)
-    dtype = per_token.dtype
-    metrics = {
-        "clipfrac": _frac(clipped > unclipped, m, dtype),
-        "clipfrac_low": _frac((adv < 0) & (ratio < 1.0 - eps_low), m, dtype),
-        "clipfrac_high": _frac((adv > 0) & (ratio > 1.0 + eps_high), m, dtype),
-    }
-    if dual_clip is not None:
-        bound = -adv * dual_clip
-        dual_taken = (adv < 0) & (bound < per_token)
-        per_token = torch.where(dual_taken, bound, per_token)
-        metrics["dual_clipfrac"] = _frac(dual_taken, m, dtype)
-    else:
-        metrics["dual_clipfrac"] = torch.zeros((), dtype=dtype, device=per_token.device)
-    with torch.no_grad():
-        metrics["approx_kl"] = masked_mean(ratio - 1.0 - log_ratio, m).detach()
-        metrics["is_ratio_mean"] = masked_mean(ratio, m).detach()
+    per_token, metrics = clipped_surrogate(ratio, adv, m, eps_low, eps_high, dual_clip)
+    metrics.update(ratio_metrics(ratio, log_ratio, m))
     loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
     return loss, metrics
 

@@ -1,19 +1,25 @@
-"""Online RL LightningModule: PPO (actor–critic with GAE) — and the base for the critic-free family.
+"""Online RL LightningModule: PPO (actor–critic, GAE) and the critic-free GRPO family.
 
-One ``training_step`` is one RL iteration, written top to bottom like the paper:
+One ``training_step`` is one RL iteration, written top to bottom like the papers:
 
 1. rollout — the actor samples ``num_generations`` completions for each of ``prompts_per_step``
-   prompts (``generate`` with KV cache), no grad;
-2. scoring — the task's reward; old log-probs, reference log-probs and values in no-grad passes;
+   prompts (``generate`` with KV cache), no grad; DAPO's dynamic sampling redraws prompts whose
+   group has no reward variance; DAPO's overlong shaping adds a length penalty to the score;
+2. scoring — old log-probs, reference log-probs (only if ``kl_coef > 0``) and values (only if the
+   advantage estimator needs a critic) in no-grad passes;
 3. token rewards ``r_t = -β·k(logπ_old, logπ_ref) + task reward_t`` (KL ``in_reward``);
-4. advantages from the registered estimator (``gae(γ, λ)``), optionally whitened;
-5. ``ppo_epochs`` × minibatches of the registered policy loss (+ value loss for the critic,
-   + entropy bonus, + KL ``in_loss``), manual backward, grad-norm clip, optimizer steps;
-6. metrics averaged over the whole update, logged at step = iterations completed.
+4. advantages from the registered estimator (``gae``, ``grpo``, ``dr_grpo``, ``rloo``), optionally
+   whitened; rows left out of the loss (zero-variance groups, truncated completions) get a zero
+   ``loss_mask``;
+5. ``ppo_epochs`` × minibatches (whole groups when possible) of the registered policy loss
+   (``ppo_clip``, ``gspo``, ``cispo``) + value loss for the critic + entropy bonus + KL ``in_loss``,
+   manual backward, grad-norm clip, optimizer steps;
+6. metrics averaged over the whole update, logged at step = iterations completed; ScaleRL's
+   no-positive-resampling removes prompts whose pass rate reached the threshold.
 
 A greedy evaluation on held-out prompts runs before the first iteration, every ``eval_every``
-iterations and after the last. Trainer's ``global_step`` counts optimizer steps (two per minibatch
-with a critic); ``self.iteration`` counts RL iterations, which is what ``trainer.max_steps`` means.
+iterations and after the last. Trainer's ``global_step`` counts optimizer steps; ``self.iteration``
+counts RL iterations, which is what ``trainer.max_steps`` means.
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ import torch
 from rlexp import core
 from rlexp.models import response_logits, response_values
 from rlexp.modules.data import step_generator
-from rlexp.rollout import evaluate, generate_rollout
+from rlexp.rollout import PromptPool, collect_groups, evaluate, generate_rollout
+
+_ROW_KEYS = ("prompt_ids", "prompt_mask")  # [B, P] tensors: never trimmed along T
 
 
 class OnlineRLModule(L.LightningModule):
@@ -42,8 +50,12 @@ class OnlineRLModule(L.LightningModule):
         self.tokenizer, self.task = tokenizer, task
         self.seed, self.max_steps, self.eval_every = seed, max_steps, eval_every
         self.num_samples_logged, self.fp32_logits = num_samples_logged, fp32_logits
-        self.advantage_fn = core.ADVANTAGE_ESTIMATORS.get(algo.advantage)
+        self.estimator = core.ADVANTAGE_ESTIMATORS.get(algo.advantage)
         self.policy_loss_fn = core.POLICY_LOSSES.get(algo.policy_loss)
+        if self.estimator.needs_critic and critic is None:
+            raise ValueError(f"algorithm.advantage={algo.advantage} needs a critic and none was built")
+        self.pool = PromptPool(task.train_examples, seed)
+        self.max_new_tokens = rollout.max_new_tokens or task.max_new_tokens
         self.iteration = 0
         self.history: list[dict] = []          # every logged metrics dict, with its "step"
         self.pending_samples: list[tuple[int, list[dict]]] = []
@@ -68,9 +80,8 @@ class OnlineRLModule(L.LightningModule):
             self.logger.log_metrics(metrics, step=step)
 
     def run_eval(self, step: int) -> dict:
-        max_new = self.rollout_cfg.max_new_tokens or self.task.max_new_tokens
-        res = evaluate(self.actor, self.tokenizer, self.task, self.task.eval_examples, max_new_tokens=max_new,
-                       num_samples=self.num_samples_logged)
+        res = evaluate(self.actor, self.tokenizer, self.task, self.task.eval_examples,
+                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged)
         metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
                    "eval/response_length": res.response_length}
         self.last_eval = {"step": step, **metrics}
@@ -83,17 +94,38 @@ class OnlineRLModule(L.LightningModule):
         if self.iteration == 0:
             self.run_eval(0)
 
-    # ------------------------------------------------------------------ one RL iteration
-    def sample_prompts(self, iteration: int):
-        pool = self.task.train_examples
-        g = step_generator(self.seed, iteration)
-        idx = torch.randperm(len(pool), generator=g)[: self.algo.prompts_per_step]
-        return [pool[i] for i in idx.tolist()]
+    # ------------------------------------------------------------------ step 1: rollout
+    def sample_prompts(self, iteration: int, draw: int = 0):
+        idx = self.pool.draw(self.algo.prompts_per_step, iteration, draw)
+        return [self.task.train_examples[i] for i in idx], idx
 
+    def _generate(self, draw: int):
+        a, r = self.algo, self.rollout_cfg
+        examples, idx = self.sample_prompts(self.iteration, draw)
+        batch = generate_rollout(self.actor, self.tokenizer, self.task, examples, num_generations=a.num_generations,
+                                 max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                 prompt_index=idx)
+        if a.overlong_penalty > 0:  # DAPO soft overlong punishment, added to the score
+            penalty = core.overlong_penalty(batch.mask.sum(1), a.overlong_max_len or self.max_new_tokens,
+                                            a.overlong_buffer, a.overlong_penalty)
+            last = (batch.mask.sum(1).long() - 1).clamp(min=0)
+            batch.token_rewards[torch.arange(batch.size), last] += penalty.to(batch.token_rewards.dtype)
+            batch.scores = batch.scores + penalty.to(batch.scores.dtype)
+        return batch
+
+    def collect_rollout(self):
+        """``(batch, gen batches drawn, fraction of drawn groups with reward variance)``."""
+        a = self.algo
+        if not a.dynamic_sampling:
+            return self._generate(0), 1, None
+        return collect_groups(self._generate, num_prompts=a.prompts_per_step, group_size=a.num_generations,
+                              max_draws=a.max_gen_batches, pad_id=self.tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ steps 2-4: experience
     @torch.no_grad()
     def make_experience(self, batch) -> dict[str, torch.Tensor]:
-        """Steps 2–4: old/ref log-probs, values, token rewards, advantages and returns, all ``[B, T]``."""
-        a = self.algo
+        """Old/ref log-probs, values, token rewards, advantages, returns and the loss mask, all ``[B, T]``."""
+        a, G = self.algo, self.algo.num_generations
         d = batch.tensors()
         mask = d["mask"]
         logits = response_logits(self.actor, **d, fp32=self.fp32_logits)
@@ -105,40 +137,50 @@ class OnlineRLModule(L.LightningModule):
             ref_logits = response_logits(self.reference, **batch.tensors(), fp32=self.fp32_logits)
             d["ref_logprobs"] = core.logprobs_from_logits(ref_logits, d["response_ids"])
             del ref_logits
-            kl = core.kl_estimate(d["old_logprobs"], d["ref_logprobs"], a.kl_estimator) * mask
-            d["kl"] = kl
+            d["kl"] = core.kl_estimate(d["old_logprobs"], d["ref_logprobs"], a.kl_estimator) * mask
             if a.kl_placement == "in_reward":
-                rewards = rewards - a.kl_coef * kl
+                rewards = rewards - a.kl_coef * d["kl"]
         values = (response_values(self.critic, **batch.tensors()) * mask if self.critic is not None
                   else torch.zeros_like(mask))
-        d["old_values"] = values
-        d["rewards"] = rewards
-        advantages, returns = self.advantage_fn(rewards, values, mask, a.gamma, a.lam)
-        d["raw_advantages"] = advantages
-        d["returns"] = returns
+        d["old_values"], d["rewards"] = values, rewards
+        advantages, returns = self.estimator(rewards, values, mask, gamma=a.gamma, lam=a.lam, group_size=G,
+                                             scale=a.adv_scale, eps=a.adv_eps)
+        d["raw_advantages"], d["returns"] = advantages, returns
         d["advantages"] = core.masked_whiten(advantages, mask) if a.whiten_advantages else advantages
+        keep = torch.ones(batch.size, dtype=torch.bool, device=mask.device)
+        if G > 1:
+            zero_std = core.zero_std_groups(batch.scores, G).repeat_interleave(G)  # per row: [B]
+            d["zero_std_rows"] = zero_std.float()
+            if a.zero_variance_filter:  # ScaleRL: groups with identical rewards contribute nothing
+                keep &= ~zero_std
+        if a.overlong_filter:  # DAPO: truncated completions are left out of the loss
+            keep &= batch.finished
+        d["loss_mask"] = mask * keep[:, None].to(mask.dtype)
         return d
 
+    # ------------------------------------------------------------------ step 5: update
     def _minibatch_loss(self, mb: dict) -> tuple[torch.Tensor, dict]:
         a = self.algo
-        mask = mb["mask"]
-        logits = response_logits(self.actor, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mask,
+        mask = mb["loss_mask"]
+        agg = dict(agg=a.loss_agg, group_size=a.num_generations, max_len=self.max_new_tokens)
+        logits = response_logits(self.actor, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["mask"],
                                  fp32=self.fp32_logits)
         logprobs = core.logprobs_from_logits(logits, mb["response_ids"])
         loss, metrics = self.policy_loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mask,
                                             clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high,
-                                            dual_clip=a.dual_clip, agg=a.loss_agg)
+                                            dual_clip=a.dual_clip, **agg)
         metrics = {"policy_loss": loss.detach(), **metrics}
         if a.entropy_coef > 0:
             entropy = core.entropy_from_logits(logits)
-            loss = loss - a.entropy_coef * core.aggregate(entropy, mask, a.loss_agg)
+            loss = loss - a.entropy_coef * core.aggregate(entropy, mask, a.loss_agg, group_size=agg["group_size"],
+                                                          max_len=agg["max_len"])
         else:
             with torch.no_grad():
                 entropy = core.entropy_from_logits(logits.detach())
-        metrics["entropy"] = core.masked_mean(entropy.detach(), mask)
+        metrics["entropy"] = core.masked_mean(entropy.detach(), mb["mask"])
         if self.reference is not None and a.kl_placement == "in_loss":
             kl = core.kl_estimate(logprobs, mb["ref_logprobs"], a.kl_estimator)
-            kl_loss = core.aggregate(kl, mask, a.loss_agg)
+            kl_loss = core.aggregate(kl, mask, a.loss_agg, group_size=agg["group_size"], max_len=agg["max_len"])
             loss = loss + a.kl_coef * kl_loss
             metrics["kl_loss"] = kl_loss.detach()
         return loss, metrics
@@ -153,26 +195,33 @@ class OnlineRLModule(L.LightningModule):
         opt.step()
         return grad_norm.detach()
 
+    def _minibatches(self, B: int, g: torch.Generator):
+        """Row indices of each minibatch; whole groups are kept together when the size allows."""
+        a, G = self.algo, self.algo.num_generations
+        if G > 1 and a.minibatch_size % G == 0:
+            groups = torch.randperm(B // G, generator=g)
+            order = (groups[:, None] * G + torch.arange(G)[None, :]).flatten()
+        else:
+            order = torch.randperm(B, generator=g)
+        return [order[s:s + a.minibatch_size] for s in range(0, B, a.minibatch_size)]
+
     def update(self, exp: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """Step 5: ``ppo_epochs`` passes of shuffled minibatches; returns every minibatch's metrics."""
+        """``ppo_epochs`` passes of shuffled minibatches; returns every minibatch's metrics."""
         a = self.algo
         opts = self._optimizers()
-        B = exp["mask"].shape[0]
         g = step_generator(self.seed, self.iteration, salt=1)
         acc: dict[str, list[torch.Tensor]] = defaultdict(list)
         for _ in range(a.ppo_epochs):
-            perm = torch.randperm(B, generator=g)
-            for start in range(0, B, a.minibatch_size):
-                idx = perm[start:start + a.minibatch_size].to(exp["mask"].device)
-                T = int(exp["mask"][idx].sum(1).max().item())  # trim to the longest completion
-                mb = {k: (v[idx][:, :T] if v.dim() == 2 and k not in ("prompt_ids", "prompt_mask") else v[idx])
-                      for k, v in exp.items()}
+            for idx in self._minibatches(exp["mask"].shape[0], g):
+                idx = idx.to(exp["mask"].device)
+                T = max(int(exp["mask"][idx].sum(1).max().item()), 1)  # trim to the longest completion
+                mb = {k: (v[idx] if k in _ROW_KEYS or v.dim() != 2 else v[idx][:, :T]) for k, v in exp.items()}
                 loss, metrics = self._minibatch_loss(mb)
                 metrics["grad_norm"] = self._step(opts[0], loss, list(self.actor.parameters()), "train/policy_loss")
                 if self.critic is not None:
                     values = response_values(self.critic, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
                                              mb["mask"])
-                    vloss, vmetrics = core.value_loss(values, mb["old_values"], mb["returns"], mb["mask"],
+                    vloss, vmetrics = core.value_loss(values, mb["old_values"], mb["returns"], mb["loss_mask"],
                                                       clip_eps=a.value_clip_eps)
                     metrics.update(vmetrics, value_loss=vloss.detach())
                     metrics["critic_grad_norm"] = self._step(opts[1], vloss, list(self.critic.parameters()),
@@ -181,25 +230,34 @@ class OnlineRLModule(L.LightningModule):
                     acc[k].append(v.float())
         return acc
 
+    # ------------------------------------------------------------------ one RL iteration
     def training_step(self, iteration, batch_idx):
         self.iteration = int(iteration)
+        a = self.algo
         t0 = time.perf_counter()
-        examples = self.sample_prompts(self.iteration)
-        r = self.rollout_cfg
-        batch = generate_rollout(self.actor, self.tokenizer, self.task, examples,
-                                 num_generations=self.algo.num_generations,
-                                 max_new_tokens=r.max_new_tokens or self.task.max_new_tokens,
-                                 temperature=r.temperature, top_p=r.top_p)
+        batch, draws, signal_frac = self.collect_rollout()
         t_gen = time.perf_counter() - t0
         exp = self.make_experience(batch)
         acc = self.update(exp)
+        removed = 0
+        if a.no_positive_resampling:  # ScaleRL: solved prompts leave the training pool for good
+            rate = core.group_pass_rate(batch.scores, a.num_generations, a.pass_reward)
+            solved = [batch.prompt_index[g * a.num_generations] for g in (rate >= a.pass_rate_threshold).nonzero()
+                      .flatten().tolist()]
+            before = self.pool.size
+            self.pool.remove(solved)
+            removed = before - self.pool.size
         step_seconds = time.perf_counter() - t0
         metrics = self._iteration_metrics(batch, exp, acc)
         n_tokens = float(batch.mask.sum().item())
-        metrics.update({"perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
+        metrics.update({"train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
+                        "train/prompts_removed": float(removed),
+                        "perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
                         "perf/update_seconds": step_seconds - t_gen,
                         "perf/tokens_per_second": n_tokens / step_seconds,
                         "perf/generate_tokens_per_second": n_tokens / max(t_gen, 1e-9)})
+        if signal_frac is not None:
+            metrics["train/drawn_groups_with_signal"] = signal_frac
         done = self.iteration + 1
         self._log(metrics, done)
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)
@@ -211,17 +269,29 @@ class OnlineRLModule(L.LightningModule):
     def _iteration_metrics(self, batch, exp, acc) -> dict[str, float]:
         mask = exp["mask"]
         stats = {f"train/{k}": torch.stack(v).mean() for k, v in acc.items()}
+        zero = torch.zeros(())
         stats.update({
             "train/reward_mean": batch.scores.mean(),
-            "train/reward_std": batch.scores.std() if batch.size > 1 else torch.zeros(()),
-            "train/kl": core.masked_mean(exp["kl"], mask) if "kl" in exp else torch.zeros(()),
+            "train/reward_std": batch.scores.std() if batch.size > 1 else zero,
+            "train/kl": core.masked_mean(exp["kl"], mask) if "kl" in exp else zero,
             "train/response_length": mask.sum(1).mean(),
             "train/finished_frac": batch.finished.float().mean(),
             "train/rollout_entropy": core.masked_mean(exp["rollout_entropy"], mask),
             "train/advantage_mean": core.masked_mean(exp["raw_advantages"], mask),
             "train/advantage_var": core.masked_var(exp["raw_advantages"], mask),
             "train/returns_mean": core.masked_mean(exp["returns"], mask),
+            "train/loss_rows_frac": (exp["loss_mask"].sum(1) > 0).float().mean(),
         })
+        if "zero_std_rows" in exp:  # groups are equal-sized: the row mean is the fraction of groups
+            stats["train/frac_zero_std_groups"] = exp["zero_std_rows"].mean()
         if self.critic is not None:
             stats["train/explained_variance"] = core.explained_variance(exp["old_values"], exp["returns"], mask)
         return {k: float(v.item()) for k, v in stats.items()}
+
+    # ------------------------------------------------------------------ run state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rlexp_prompt_pool"] = self.pool.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rlexp_prompt_pool" in checkpoint:
+            self.pool.load_state_dict(checkpoint["rlexp_prompt_pool"])

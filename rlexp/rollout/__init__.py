@@ -2,5 +2,6 @@
 from rlexp.rollout.batch import RolloutBatch, collate_supervised, encode_prompts
 from rlexp.rollout.evaluate import EvalResult, evaluate
 from rlexp.rollout.generate import generate_rollout
+from rlexp.rollout.sampler import PromptPool, collect_groups
 
-__all__ = ["EvalResult", "RolloutBatch", "collate_supervised", "encode_prompts", "evaluate", "generate_rollout"]
+__all__ = ["EvalResult", "RolloutBatch", "collate_supervised", "encode_prompts", "evaluate", "generate_rollout", "PromptPool", "collect_groups"]

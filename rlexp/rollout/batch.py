@@ -24,10 +24,44 @@ class RolloutBatch:
     prompts: list[str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    #: index of each row's prompt in the task's training pool (-1 when unknown)
+    prompt_index: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
         return self.response_ids.shape[0]
+
+    def select(self, rows: list[int]) -> "RolloutBatch":
+        """The batch restricted to ``rows`` (in that order)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        pick = lambda xs: [xs[i] for i in rows] if xs else []  # noqa: E731
+        return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.mask[idx],
+                            self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
+                            pick(self.completions), pick(self.targets), pick(self.prompt_index))
+
+    @staticmethod
+    def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """Rows of all ``batches``; prompts re-padded on the left, responses on the right."""
+        if len(batches) == 1:
+            return batches[0]
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        T = max(b.response_ids.shape[1] for b in batches)
+
+        def left(x, width, value):
+            return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+        def right(x, width, value):
+            return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+        return RolloutBatch(
+            torch.cat([left(b.prompt_ids, P, pad_id) for b in batches]),
+            torch.cat([left(b.prompt_mask, P, 0) for b in batches]),
+            torch.cat([right(b.response_ids, T, pad_id) for b in batches]),
+            torch.cat([right(b.mask, T, 0.0) for b in batches]),
+            torch.cat([b.finished for b in batches]),
+            torch.cat([right(b.token_rewards, T, 0.0) for b in batches]),
+            torch.cat([b.scores for b in batches]),
+            [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
+            [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

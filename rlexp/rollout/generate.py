@@ -63,12 +63,16 @@ def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, fi
 
 
 def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, num_generations: int,
-                     max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0) -> RolloutBatch:
-    """Sample ``num_generations`` completions per example (consecutive rows) and score them."""
+                     max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                     prompt_index: list[int] | None = None) -> RolloutBatch:
+    """Sample ``num_generations`` completions per example (consecutive rows) and score them.
+    ``prompt_index`` (one per example) records where each prompt sits in the training pool."""
     rows = [e for e in examples for _ in range(num_generations)]
     prompt_ids, prompt_mask, response_ids, mask, finished = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_p=top_p)
     token_rewards, scores, texts = score(task, tokenizer, rows, response_ids, mask, finished)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
-                        prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows])
+                        prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
+                        prompt_index=[i for i in (prompt_index or [-1] * len(examples))
+                                      for _ in range(num_generations)])

@@ -22,7 +22,7 @@ class ArithmeticTask(Task):
     alphabet = "0123456789+="
 
     def __init__(self, *, name: str = "arithmetic", min_operand: int = 0, max_operand: int = 99,
-                 num_eval: int = 200, split_seed: int = 1234, max_new_tokens: int = 4, reward=None):
+                 num_eval: int = 200, split_seed: int = 1234, max_new_tokens: int = 8, reward=None):
         super().__init__(name=name, reward=reward or exact_match, max_new_tokens=max_new_tokens)
         self.min_operand, self.max_operand = min_operand, max_operand
         self.width = len(str(max_operand))

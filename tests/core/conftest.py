@@ -75,6 +75,42 @@ def ref_gae(r, v, gamma, lam):
     return adv, [a + b for a, b in zip(adv, v)]
 
 
+def ref_group_adv(scores, G, scale="group", eps=1e-6):
+    """GRPO-style advantages of a list of float scores, group by group (flat group -> 0)."""
+    B = len(scores)
+    mu_all = sum(scores) / B
+    std_all = math.sqrt(sum((x - mu_all) ** 2 for x in scores) / (B - 1)) if B >= 2 else 0.0
+    out = []
+    for g in range(0, B, G):
+        grp = scores[g : g + G]
+        mu = sum(grp) / G
+        if scale == "group" and len(set(grp)) > 1:
+            div = math.sqrt(sum((x - mu) ** 2 for x in grp) / (G - 1)) + eps
+        elif scale == "batch" and len(set(grp)) > 1:
+            div = std_all + eps
+        else:
+            div = 1.0
+        out += [(x - mu) / div if len(set(grp)) > 1 else 0.0 for x in grp]
+    return out
+
+
+def ref_rloo(scores, G):
+    """Leave-one-out advantages, group by group (flat group -> 0)."""
+    out = []
+    for g in range(0, len(scores), G):
+        grp = scores[g : g + G]
+        out += [x - (sum(grp) - x) / (G - 1) if len(set(grp)) > 1 else 0.0 for x in grp]
+    return out
+
+
+def ref_overlong(length, max_len, buffer, penalty):
+    if length <= max_len - buffer:
+        return 0.0
+    if length <= max_len:
+        return ((max_len - buffer) - length) / buffer * penalty
+    return -penalty
+
+
 # ---------------------------------------------------------------- losses
 def ref_ppo_token(lp, old, a, eps_low, eps_high, dual=None, exp=math.exp):
     """Per-token PPO loss; works on floats or 0-dim tensors (pass exp=torch.exp)."""
@@ -85,6 +121,20 @@ def ref_ppo_token(lp, old, a, eps_low, eps_high, dual=None, exp=math.exp):
     if dual is not None and a < 0:
         loss = min(loss, -dual * a)
     return loss
+
+
+def ref_gspo_rows(lp_rows, old_rows, adv_rows, eps_low, eps_high, dual=None):
+    """Per-token GSPO loss values (floats): PPO with ρ = s_i = exp(mean_t(lp - old))."""
+    out = []
+    for lp, old, adv in zip(lp_rows, old_rows, adv_rows):
+        ell = sum(a - b for a, b in zip(lp, old)) / len(lp) if lp else 0.0
+        out.append([ref_ppo_token(ell, 0.0, a, eps_low, eps_high, dual) for a in adv])
+    return out
+
+
+def ref_cispo_token(lp, old, a, eps_low, eps_high):
+    """Per-token CISPO loss value: -clamp(ρ, 1-ε_low, 1+ε_high)·Â·lp."""
+    return -min(max(math.exp(lp - old), 1 - eps_low), 1 + eps_high) * a * lp
 
 
 def ref_value_token(v, old, r, eps=None):
@@ -108,6 +158,11 @@ def ref():
         aggregate=ref_aggregate,
         gae=ref_gae,
         ppo_token=ref_ppo_token,
+        gspo_rows=ref_gspo_rows,
+        cispo_token=ref_cispo_token,
+        group_adv=ref_group_adv,
+        rloo=ref_rloo,
+        overlong=ref_overlong,
         value_token=ref_value_token,
         mean=ref_mean,
         GARBAGE=GARBAGE,

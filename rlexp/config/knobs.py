@@ -1,0 +1,41 @@
+"""Which algorithm knobs are inactive under a given config — so a sweep over a dead knob is visible.
+
+``inactive_knobs(algo)`` maps each key of ``algorithm`` that cannot change anything under the rest of
+the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` without a critic,
+``kl_estimator`` with ``kl_coef: 0``). ``rlexp.train`` warns about every such key that was set on the
+command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
+"""
+from __future__ import annotations
+
+
+def inactive_knobs(algo) -> dict[str, str]:
+    from rlexp.core import ADVANTAGE_ESTIMATORS
+
+    est = ADVANTAGE_ESTIMATORS.get(algo.advantage)
+    out: dict[str, str] = {}
+    for key in ("gamma", "lam", "adv_scale", "adv_eps"):
+        if key not in est.uses:
+            out[key] = f"advantage={algo.advantage} does not use it"
+    if not est.needs_critic:
+        for key in ("value_clip_eps", "critic_init", "critic_lr"):
+            out[key] = f"advantage={algo.advantage} builds no critic"
+    if algo.kl_coef == 0:
+        for key in ("kl_estimator", "kl_placement"):
+            out[key] = "kl_coef=0 (no reference model)"
+    if not algo.dynamic_sampling:
+        out["max_gen_batches"] = "dynamic_sampling=false"
+    if algo.overlong_penalty == 0:
+        for key in ("overlong_max_len", "overlong_buffer"):
+            out[key] = "overlong_penalty=0"
+    if not algo.no_positive_resampling:
+        for key in ("pass_rate_threshold", "pass_reward"):
+            out[key] = "no_positive_resampling=false"
+    if algo.policy_loss == "cispo":
+        out["dual_clip"] = "policy_loss=cispo has no dual clip"
+    return out
+
+
+def dead_overrides(algo, overrides: list[str]) -> dict[str, str]:
+    """``{"algorithm.lam": reason}`` for every inactive knob that ``overrides`` set explicitly."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    return {f"algorithm.{k}": why for k, why in inactive_knobs(algo).items() if f"algorithm.{k}" in keys}
