@@ -8,3 +8,9 @@ def fails_after_first_call(prompts, completions, *, targets, finished, **kwargs)
     if CALLS["n"] > 1:
         raise KeyError("no such field 'answer'")
     return [float(done and c == t) for c, t, done in zip(completions, targets, finished)]
+
+
+def coin(prompts, completions, *, completion_ids, **kwargs):
+    """1.0 when the completion's token ids sum to an even number: a reward uncorrelated with skill,
+    so groups of 2 have equal rewards about half the time (dynamic sampling / filtering have work)."""
+    return [float(sum(ids) % 2 == 0) for ids in completion_ids]

@@ -21,3 +21,15 @@ def test_default_experiment_raises_eval_reward_by_0_2(mlflow_uri, in_tmp):
     assert end.step == 150
     assert end.value >= start + 0.2, f"eval/reward_mean {start:.3f} -> {end.value:.3f}"
     assert run.data.metrics["train/explained_variance"] > 0.0  # the critic learned something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gspo", "scalerl"])
+def test_critic_free_algorithms_learn_within_the_default_run_length(algorithm, in_tmp):
+    """`rlexp train algorithm=NAME`: the final greedy evaluation is above the warm start's."""
+    from rlexp.train import compose, run
+
+    module = run(compose([f"algorithm={algorithm}", "tracking=none", "trainer.progress_bar=false"]))
+    evals = [h["eval/reward_mean"] for h in module.history if "eval/reward_mean" in h]
+    assert module.iteration + 1 == 150
+    assert evals[-1] >= evals[0] + 0.05, f"{algorithm}: eval/reward_mean {evals}"

@@ -22,10 +22,19 @@ KNOB_BASE = FAST + ["tracking=none", "trainer.eval_every=2", "algorithm.actor_lr
 
 # knob -> (extra base overrides, the flipped value). Two iterations run, so the KL to the reference
 # is non-zero in the second (the actor equals the reference before its first update).
+GRPO = ["algorithm=grpo", "algorithm.prompts_per_step=4", "algorithm.num_generations=2", "algorithm.minibatch_size=4"]
+COIN = GRPO + ["task.reward._target_=rewards_for_tests.coin"]  # flat groups about half the time
+DYN = COIN + ["algorithm.dynamic_sampling=true"]
+LONG = GRPO + ["algorithm.overlong_penalty=1.0", "algorithm.overlong_buffer=4"]
+NPR = COIN + ["algorithm.no_positive_resampling=true"]
 KNOBS = {
+    "advantage": (GRPO, "algorithm.advantage=rloo"),
     "gamma": ([], "algorithm.gamma=0.5"),
     "lam": ([], "algorithm.lam=0.0"),
     "whiten_advantages": ([], "algorithm.whiten_advantages=false"),
+    "adv_scale": (GRPO, "algorithm.adv_scale=batch"),
+    "adv_eps": (GRPO, "algorithm.adv_eps=1.0"),
+    "policy_loss": (GRPO, "algorithm.policy_loss=cispo"),
     "clip_eps": ([], "algorithm.clip_eps=0.001"),
     "clip_eps_high": (["algorithm.clip_eps=0.001"], "algorithm.clip_eps_high=0.05"),
     "dual_clip": ([], "algorithm.dual_clip=1.001"),
@@ -44,9 +53,17 @@ KNOBS = {
     "critic_lr": ([], "algorithm.critic_lr=1e-4"),
     "weight_decay": ([], "algorithm.weight_decay=0.5"),
     "max_grad_norm": ([], "algorithm.max_grad_norm=0.001"),
+    "dynamic_sampling": (COIN, "algorithm.dynamic_sampling=true"),
+    "max_gen_batches": (DYN, "algorithm.max_gen_batches=1"),
+    "zero_variance_filter": (COIN, "algorithm.zero_variance_filter=true"),
+    "overlong_penalty": (GRPO + ["algorithm.overlong_buffer=4"], "algorithm.overlong_penalty=1.0"),
+    "overlong_max_len": (LONG, "algorithm.overlong_max_len=6"),
+    "overlong_buffer": (LONG, "algorithm.overlong_buffer=2"),
+    "overlong_filter": (GRPO + ["rollout.max_new_tokens=2"], "algorithm.overlong_filter=true"),
+    "no_positive_resampling": (COIN + ["algorithm.pass_reward=0.0"], "algorithm.no_positive_resampling=true"),
+    "pass_rate_threshold": (NPR, "algorithm.pass_rate_threshold=0.5"),
+    "pass_reward": (NPR, "algorithm.pass_reward=0.0"),
 }
-# keys with a single registered choice today (a second registered option must add a KNOBS entry)
-SINGLE_CHOICE = {"advantage": core.ADVANTAGE_ESTIMATORS, "policy_loss": core.POLICY_LOSSES}
 
 
 def _train(overrides, tmp_path):
@@ -59,9 +76,7 @@ def _train(overrides, tmp_path):
 
 def test_knob_table_covers_every_algorithm_key():
     keys = {f.name for f in dataclasses.fields(OnlineAlgorithmConfig)} - {"name"}
-    assert keys == set(KNOBS) | set(SINGLE_CHOICE)
-    for key, registry in SINGLE_CHOICE.items():
-        assert len(registry.names()) == 1, f"{key} has several options now: add it to KNOBS"
+    assert keys == set(KNOBS)
 
 
 @pytest.mark.parametrize("knob", sorted(KNOBS))
@@ -70,8 +85,10 @@ def test_every_knob_changes_the_update(knob, tmp_path, in_tmp):
     base, _ = _train(KNOB_BASE + extra, tmp_path)
     again, _ = _train(KNOB_BASE + extra, tmp_path)
     assert torch.equal(base, again), "the same config must give the same update (CPU determinism)"
-    changed, _ = _train(KNOB_BASE + extra + [flipped], tmp_path)
+    changed, module = _train(KNOB_BASE + extra + [flipped], tmp_path)
     assert base.shape != changed.shape or not torch.equal(base, changed), f"{flipped} changed nothing"
+    from rlexp.config.knobs import inactive_knobs
+    assert knob not in inactive_knobs(module.algo), f"{knob} is tested where it is declared inactive"
 
 
 def test_rollout_sampling_knobs_change_the_update(tmp_path, in_tmp):
@@ -109,7 +126,7 @@ def test_experience_puts_kl_in_the_reward_and_runs_gae(estimator):
     _perturb(module.critic.value_head, 0.5)
     from rlexp.rollout import generate_rollout
 
-    batch = generate_rollout(module.actor, module.tokenizer, module.task, module.sample_prompts(0),
+    batch = generate_rollout(module.actor, module.tokenizer, module.task, module.sample_prompts(0)[0],
                              num_generations=1, max_new_tokens=4)
     exp = module.make_experience(batch)
     mask = batch.mask
@@ -131,7 +148,7 @@ def test_kl_in_loss_leaves_the_reward_alone():
     _perturb(module.reference)
     from rlexp.rollout import generate_rollout
 
-    batch = generate_rollout(module.actor, module.tokenizer, module.task, module.sample_prompts(0),
+    batch = generate_rollout(module.actor, module.tokenizer, module.task, module.sample_prompts(0)[0],
                              num_generations=1, max_new_tokens=4)
     exp = module.make_experience(batch)
     torch.testing.assert_close(exp["rewards"], batch.token_rewards)
