@@ -1,24 +1,57 @@
 """The ``rlexp`` command. Imports only what the chosen subcommand needs (``--help`` is instant).
 
     rlexp train [hydra overrides...]     one run (``-m`` for a multirun over comma lists)
-    rlexp train --help                   Hydra's help: config groups and options
-    python -m rlexp train ...            the same
+    rlexp sweep NAME [overrides...]      the sweep in sweeps/NAME.yaml (a multirun)
+    rlexp compare [--sweep ID|latest]    a table and a report comparing runs from MLflow
+    rlexp ui                             the MLflow UI on the same store
+    python -m rlexp ...                  the same
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
 USAGE = """usage: rlexp <command> [args]
 
 commands:
   train [overrides...]   run an experiment; Hydra overrides, e.g.
-                           rlexp train algorithm.gamma=0.99 algorithm.lam=0.9 trainer.max_steps=50
-                           rlexp train -m algorithm.clip_eps=0.1,0.2,0.3      (multirun)
+                           rlexp train algorithm=grpo algorithm.clip_eps=0.1 trainer.max_steps=50
+                           rlexp train -m algorithm.lam=0,0.5,0.95      (a multirun: a parent MLflow run)
                          `rlexp train --help` lists the config groups; `--cfg job` prints the config.
+  sweep NAME [overrides] run sweeps/NAME.yaml, e.g. `rlexp sweep ppo_gae trainer.max_steps=20`;
+                         `rlexp sweep --list` lists the sweeps.
+  compare [options]      compare runs: `rlexp compare --sweep latest` (see `rlexp compare --help`)
+  ui [--port N]          the MLflow UI on this directory's store (bound to 127.0.0.1)
 
-Results are recorded in MLflow (default: ./mlflow.db); browse them with
-  mlflow ui --backend-store-uri sqlite:///mlflow.db
+Results are recorded in MLflow (default: ./mlflow.db).
 """
+
+
+def _hydra(args: list[str]) -> int:
+    from rlexp.train import hydra_main
+
+    saved = sys.argv
+    sys.argv = ["rlexp train", *args]  # Hydra parses sys.argv
+    try:
+        hydra_main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _sweep(args: list[str]) -> int:
+    names = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    if not args or args[0] in ("-h", "--help", "--list"):
+        print("sweeps (sweeps/NAME.yaml):\n" + "\n".join(
+            f"  {n:24s} {(SWEEPS_DIR / f'{n}.yaml').read_text().splitlines()[1].lstrip('# ')}" for n in names))
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in names:
+        print(f"rlexp sweep: error: no sweep {name!r}; available: {', '.join(names)}", file=sys.stderr)
+        return 2
+    return _hydra(["-m", f"+sweeps={name}", *rest])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "train":
-        from rlexp.train import hydra_main
+        return _hydra(rest)
+    if cmd == "sweep":
+        return _sweep(rest)
+    if cmd == "compare":
+        from rlexp.compare.cli import main as compare_main
 
-        saved = sys.argv
-        sys.argv = ["rlexp train", *rest]  # Hydra parses sys.argv
-        try:
-            hydra_main()
-        finally:
-            sys.argv = saved
-        return 0
+        return compare_main(rest)
+    if cmd == "ui":
+        from rlexp.tracking.ui import main as ui_main
+
+        return ui_main(rest)
     print(f"rlexp: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

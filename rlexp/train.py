@@ -82,7 +82,9 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     from hydra.utils import instantiate
 
     from rlexp.modules import iteration_loader
-    from rlexp.tracking import RunArtifacts, make_logger, mark_run_status
+    import time
+
+    from rlexp.tracking import RunArtifacts, log_summary, make_logger, mark_error, mark_run_status
     from rlexp.warmstart import prepare_model_dir
 
     _quiet_libraries()
@@ -120,8 +122,11 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             enable_progress_bar=bool(cfg.trainer.progress_bar), use_distributed_sampler=False,
             num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
             default_root_dir=output_dir or launch_dir)
+        t_fit = time.perf_counter()
         trainer.fit(module, train_dataloaders=iteration_loader(cfg.trainer.max_steps))
+        log_summary(logger, module.history, cfg.trainer.max_steps, time.perf_counter() - t_fit)
     except BaseException as e:
+        mark_error(logger, e)
         mark_run_status(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     mark_run_status(logger, "FINISHED")
@@ -149,6 +154,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, ModelLoadError, RewardError, TrackingError
 
 
+def _failed_job(cfg: DictConfig, overrides: list[str], error: Exception) -> float:
+    """A multirun job that failed: already FAILED in MLflow if it had started (else recorded now);
+    report it in one line and return NaN so that the sweeper (and Optuna) move on."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    log.error("job %s failed: %s", " ".join(overrides), text)
+    if isinstance(error, ConfigError):
+        from rlexp.tracking import record_failed_run
+
+        record_failed_run(cfg, launch_dir=hydra.utils.get_original_cwd(), overrides=overrides, error=text)
+    elif not isinstance(error, _user_errors()):
+        log.exception("traceback of the failed job")
+    return float("nan")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
@@ -157,8 +176,8 @@ def hydra_main(cfg: DictConfig) -> float:
         module = run(cfg, overrides=overrides, launch_dir=hydra.utils.get_original_cwd(),
                      output_dir=hc.runtime.output_dir)
     except Exception as e:
-        if hc.mode == RunMode.MULTIRUN:
-            raise
+        if hc.mode == RunMode.MULTIRUN:  # one failed job must not stop the sweep: record it, go on
+            return _failed_job(cfg, overrides, e)
         if isinstance(e, ConfigError):  # checked first: classifying it must not import torch
             print(f"rlexp: config error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -57,6 +57,8 @@ class OnlineRLModule(L.LightningModule):
         self.pool = PromptPool(task.train_examples, seed)
         self.max_new_tokens = rollout.max_new_tokens or task.max_new_tokens
         self.iteration = 0
+        self.total_tokens = 0.0   # cumulative generated tokens (the compute axis of the ScaleRL fit)
+        self.total_seconds = 0.0  # cumulative seconds spent in training_step
         self.history: list[dict] = []          # every logged metrics dict, with its "step"
         self.pending_samples: list[tuple[int, list[dict]]] = []
         self.last_eval: dict = {}
@@ -146,6 +148,8 @@ class OnlineRLModule(L.LightningModule):
         advantages, returns = self.estimator(rewards, values, mask, gamma=a.gamma, lam=a.lam, group_size=G,
                                              scale=a.adv_scale, eps=a.adv_eps)
         d["raw_advantages"], d["returns"] = advantages, returns
+        if self.estimator.needs_critic:  # λ diagnostics: GAE(λ) against Monte-Carlo (λ=1) on the same rollouts
+            d["mc_advantages"], _ = core.gae(rewards, values, mask, a.gamma, 1.0)
         d["advantages"] = core.masked_whiten(advantages, mask) if a.whiten_advantages else advantages
         keep = torch.ones(batch.size, dtype=torch.bool, device=mask.device)
         if G > 1:
@@ -250,7 +254,10 @@ class OnlineRLModule(L.LightningModule):
         step_seconds = time.perf_counter() - t0
         metrics = self._iteration_metrics(batch, exp, acc)
         n_tokens = float(batch.mask.sum().item())
-        metrics.update({"train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
+        self.total_tokens += n_tokens
+        self.total_seconds += step_seconds
+        metrics.update({"perf/total_tokens": self.total_tokens, "perf/total_seconds": self.total_seconds,
+                        "train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
                         "train/prompts_removed": float(removed),
                         "perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
                         "perf/update_seconds": step_seconds - t_gen,
@@ -286,12 +293,20 @@ class OnlineRLModule(L.LightningModule):
             stats["train/frac_zero_std_groups"] = exp["zero_std_rows"].mean()
         if self.critic is not None:
             stats["train/explained_variance"] = core.explained_variance(exp["old_values"], exp["returns"], mask)
+        if "mc_advantages" in exp:
+            gap = exp["raw_advantages"] - exp["mc_advantages"]
+            stats["train/adv_bias_vs_mc"] = core.masked_mean(gap, mask)
+            stats["train/adv_mse_vs_mc"] = core.masked_mean(gap * gap, mask)
+            stats["train/mc_advantage_var"] = core.masked_var(exp["mc_advantages"], mask)
         return {k: float(v.item()) for k, v in stats.items()}
 
     # ------------------------------------------------------------------ run state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rlexp_prompt_pool"] = self.pool.state_dict()
+        checkpoint["rlexp_state"] = {"pool": self.pool.state_dict(), "total_tokens": self.total_tokens,
+                                     "total_seconds": self.total_seconds}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rlexp_prompt_pool" in checkpoint:
-            self.pool.load_state_dict(checkpoint["rlexp_prompt_pool"])
+        state = checkpoint.get("rlexp_state")
+        if state:
+            self.pool.load_state_dict(state["pool"])
+            self.total_tokens, self.total_seconds = state["total_tokens"], state["total_seconds"]

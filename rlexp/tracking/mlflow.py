@@ -19,6 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
+#: environment variables through which a multirun's parent run reaches its jobs (set by
+#: rlexp.tracking.sweep.SweepCallback; inherited by joblib/submitit workers)
+ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_ID", "RLEXP_SWEEP_NAME"
 
 
 class TrackingError(RuntimeError):
@@ -49,6 +52,64 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def sweep_job_tags() -> dict[str, str]:
+    """Nesting tags for a job of a multirun (empty outside one)."""
+    parent = os.environ.get(ENV_PARENT)
+    if not parent:
+        return {}
+    return {"mlflow.parentRunId": parent, "rlexp.sweep_id": os.environ.get(ENV_SWEEP_ID, ""),
+            "rlexp.sweep_name": os.environ.get(ENV_SWEEP_NAME, ""), "rlexp.role": "job"}
+
+
+def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str], error: str) -> None:
+    """A FAILED run for a job refused before it started (e.g. a bad value in one sweep job), so that
+    the sweep shows every job. Params are logged as given, tags say why."""
+    t = cfg.get("tracking")
+    if t is None or t.get("name") == "none":
+        return
+    from mlflow.entities import Param, RunStatus
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(t, launch_dir)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(t.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(t.experiment)
+    tags = {"rlexp.overrides": " ".join(overrides), "rlexp.error": error[:5000],
+            "mlflow.runName": " ".join(overrides)[:250] or "failed", **sweep_job_tags()}
+    run = client.create_run(exp_id, tags=tags)
+    try:
+        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
+    except Exception:  # noqa: BLE001 - an unresolvable config: keep the overrides only
+        params = [Param(o.split("=", 1)[0], o.split("=", 1)[1]) for o in overrides if "=" in o]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_summary(logger: MLFlowLogger | None, history: list[dict], max_steps: int, wall_seconds: float) -> dict:
+    """Summary metrics of a finished run, for the MLflow compare view and parallel coordinates:
+    the final eval/reward_mean, the area under its curve per iteration, and the wall time."""
+    evals = [(h["step"], h["eval/reward_mean"]) for h in history if "eval/reward_mean" in h]
+    summary = {"summary/wall_seconds": wall_seconds}
+    if evals:
+        summary["summary/final_eval_reward"] = evals[-1][1]
+        area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in zip(evals, evals[1:]))
+        summary["summary/reward_auc"] = area / max(max_steps, 1) if len(evals) > 1 else evals[0][1]
+    if logger is not None:
+        logger.log_metrics(summary, step=max_steps)
+    return summary
+
+
+def mark_error(logger: MLFlowLogger | None, error: BaseException) -> None:
+    if logger is None or logger._run_id is None:
+        return
+    try:
+        text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+        logger.experiment.set_tag(logger.run_id, "rlexp.error", text[:5000])
+    except Exception as e:  # noqa: BLE001
+        log.error("could not tag MLflow run %s with its error: %s", logger._run_id, e)
+
+
 def _git_commit() -> str | None:
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -71,6 +132,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    tags.update(sweep_job_tags())
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     logger = MLFlowLogger(experiment_name=t.experiment, run_name=run_name[:250], tracking_uri=uri, tags=tags)
     env_before = os.environ.get("MLFLOW_TRACKING_URI")

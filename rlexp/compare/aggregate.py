@@ -1,0 +1,162 @@
+"""Grouping runs into configurations and summarizing one metric per configuration.
+
+A *configuration* is a set of runs that share every param that matters for comparison: by default
+all params except ``seed`` and the bookkeeping keys in ``IGNORED_PREFIXES`` (so the seeds of one
+configuration pool together); ``by=[...]`` groups by exactly the keys given. The *differing keys*
+are the grouping keys whose values differ between configurations — they name each configuration
+(``clip_eps=0.1 lam=0.95``) and become the comparison table's columns.
+
+Per configuration ``summarize`` gives the metric's mean over FINISHED runs, the half-width of its
+95% Student-t confidence interval ``t_{0.975, n-1} · s / √n`` (undefined for n = 1), n, and the
+number of FAILED runs. Tables and plots live in ``table.py`` and ``report.py``.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+
+from rlexp.compare.runs import CompareError, RunRecord
+
+DEFAULT_METRIC = "summary/final_eval_reward"
+IGNORED_KEYS = ("seed",)
+# params that never distinguish configurations (where and how a run was recorded or displayed)
+IGNORED_PREFIXES = ("tracking.", "hardware.num_threads", "trainer.progress_bar", "trainer.num_samples_logged")
+
+
+def short_key(key: str) -> str:
+    """``algorithm.clip_eps`` → ``clip_eps`` (other groups keep their prefix: ``model.name``)."""
+    return key.removeprefix("algorithm.")
+
+
+def sort_value(v: str | None):
+    """Order param values numerically when they are numbers (``"0.95" < "1.0"``), else as text."""
+    if v is None:
+        return (2, 0.0, "")
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+@dataclass
+class Group:
+    """One configuration: the values of the grouping keys (``None`` = the run lacks that param)."""
+
+    key: tuple[tuple[str, str | None], ...]
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def values(self) -> dict[str, str | None]:
+        return dict(self.key)
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.status == "FINISHED"]
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.status == "FAILED"]
+
+    def label(self, differing: list[str]) -> str:
+        """The configuration's name from the differing keys, e.g. ``clip_eps=0.1 lam=0.95``."""
+        vals = self.values
+        parts = [f"{short_key(k)}={'—' if vals.get(k) is None else vals.get(k)}" for k in differing]
+        return " ".join(parts) or "all runs"
+
+
+@dataclass
+class ConfigStats:
+    """The metric summarized over one configuration's runs."""
+
+    group: Group
+    metric: str
+    values: list[float]  # the metric of each FINISHED run that logged it
+    mean: float | None  # None when no finished run logged the metric
+    ci: float | None  # 95% CI half-width; None when n < 2
+    n: int
+    n_failed: int
+    n_missing: int  # finished runs that never logged the metric
+    n_other: int  # runs neither FINISHED nor FAILED (RUNNING, KILLED...)
+
+
+def comparable_keys(runs: list[RunRecord]) -> list[str]:
+    """Every param key of the runs except the seed and the bookkeeping keys, sorted."""
+    keys = set().union(*(r.params for r in runs)) if runs else set()
+    return sorted(k for k in keys if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIXES))
+
+
+def group_runs(runs: list[RunRecord], *, by: list[str] | None = None) -> list[Group]:
+    """Group runs into configurations, ordered by their key values (numbers numerically)."""
+    if by is not None:
+        by = [k.strip() for k in by if k.strip()]
+        if not by:
+            raise CompareError("--by needs at least one param key, e.g. --by algorithm.lam,algorithm.gamma")
+        known = set().union(*(r.params for r in runs)) if runs else set()
+        for k in by:
+            if k not in known:
+                close = difflib.get_close_matches(k, sorted(known), n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise CompareError(f"--by key {k!r} is not a param of any of the {len(runs)} runs{hint}")
+        keys = list(dict.fromkeys(by))
+    else:
+        keys = comparable_keys(runs)
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        gkey = tuple((k, run.params.get(k)) for k in keys)
+        groups.setdefault(gkey, Group(key=gkey)).runs.append(run)
+    return sorted(groups.values(), key=lambda g: [sort_value(v) for _, v in g.key])
+
+
+def differing_keys(groups: list[Group]) -> list[str]:
+    """The grouping keys whose values are not the same across all configurations (in key order)."""
+    if not groups:
+        return []
+    keys = [k for k, _ in groups[0].key]
+    return [k for k in keys if len({g.values.get(k) for g in groups}) > 1]
+
+
+def metric_value(run: RunRecord, metric: str) -> float | None:
+    """A summary metric's value, or the last value (largest step) of any other metric's history."""
+    v = run.metrics.get(metric)
+    if v is None and run.history(metric):
+        v = run.history(metric)[-1][1]
+    return None if v is None or math.isnan(v) else float(v)
+
+
+def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and 95% CI half-width ``t.ppf(0.975, n-1) · s / √n`` (``s`` with ddof=1); None if undefined."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    from scipy.stats import t
+
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.975, n - 1) * s / math.sqrt(n))
+
+
+def check_metric(runs: list[RunRecord], metric: str) -> None:
+    """Raise ``CompareError`` naming the metrics that exist when no run logged ``metric``."""
+    if any(metric_value(r, metric) is not None for r in runs):
+        return
+    names = sorted(set().union(*(r.metrics for r in runs))) if runs else []
+    close = difflib.get_close_matches(metric, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise CompareError(f"no run logged the metric {metric!r}; {hint}"
+                       f"metrics logged: {', '.join(names) or '(none)'}")
+
+
+def summarize(groups: list[Group], metric: str = DEFAULT_METRIC) -> list[ConfigStats]:
+    """One ``ConfigStats`` per configuration, best mean first (configurations without a mean last)."""
+    stats = []
+    for g in groups:
+        vals = [metric_value(r, metric) for r in g.finished]
+        present = [v for v in vals if v is not None]
+        mean, ci = mean_ci(present)
+        n_other = len(g.runs) - len(g.finished) - len(g.failed)
+        stats.append(ConfigStats(group=g, metric=metric, values=present, mean=mean, ci=ci, n=len(present),
+                                 n_failed=len(g.failed), n_missing=len(vals) - len(present), n_other=n_other))
+    return sorted(stats, key=lambda s: (s.mean is None, -(s.mean or 0.0)))

@@ -1,0 +1,137 @@
+"""``rlexp compare``: rank configurations of a sweep or an experiment, and write the report.
+
+    rlexp compare --sweep latest                       the newest sweep, table + report
+    rlexp compare --sweep 20250101-120000-ab12cd       one sweep (its id or its parent run id)
+    rlexp compare --experiment rlexp --by algorithm.lam --metric summary/reward_auc
+    rlexp compare --sweep latest --no-report           the table only
+
+The tracking store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``. The
+report goes to ``--out`` (default ``./rlexp-report/<sweep id or experiment>``) and, for a sweep, is
+also logged on the sweep's parent run as artifacts under ``report/``. Heavy libraries (mlflow,
+scipy, matplotlib) are imported only once the arguments are parsed, so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rlexp.compare.aggregate import DEFAULT_METRIC
+from rlexp.compare.runs import DEFAULT_EXPERIMENT, CompareError
+
+PROG = "rlexp compare"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, through main's error path
+        raise CompareError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Compare runs recorded in MLflow: a table of configurations "
+                "ranked by a metric (mean, 95% CI, n) and an HTML report of curves, heatmaps and fits.")
+    p.add_argument("--experiment", metavar="NAME",
+                   help=f"MLflow experiment (default {DEFAULT_EXPERIMENT!r}; with --sweep: any experiment)")
+    p.add_argument("--sweep", metavar="ID|latest",
+                   help="compare the jobs of one sweep: its rlexp.sweep_id, its parent run id, or 'latest'")
+    p.add_argument("--by", metavar="KEYS",
+                   help="group runs by exactly these comma-separated param keys, e.g. algorithm.lam,algorithm.gamma "
+                        "(default: every param except seed and tracking/display keys)")
+    p.add_argument("--metric", metavar="M", default=DEFAULT_METRIC,
+                   help=f"metric to rank by: a summary metric or any metric's last value (default {DEFAULT_METRIC})")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default ./rlexp-report/<sweep id or experiment>)")
+    p.add_argument("--no-report", action="store_true", help="print the table only; write and log no report")
+    return p
+
+
+def resolve_tracking_uri(arg: str | None, cwd: Path | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (which must exist)."""
+    uri = arg or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        db = (cwd or Path.cwd()).resolve() / "mlflow.db"
+        if not db.exists():
+            raise CompareError(f"no MLflow store here ({db} does not exist); run from the directory where "
+                               f"you ran `rlexp train`, or pass --tracking-uri URI / set MLFLOW_TRACKING_URI")
+        return f"sqlite:///{db}"
+    if uri.startswith("sqlite:///"):  # MLflow would silently create an empty store
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            raise CompareError(f"tracking URI {uri} names a SQLite file that does not exist: {db}")
+    return uri
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "report"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, summarize
+    from rlexp.compare.runs import load_runs, log_report
+    from rlexp.compare.table import failure_summary, rich_table
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs, parent = load_runs(uri, experiment=args.experiment, sweep=args.sweep)
+    check_metric(runs, args.metric)
+    groups = group_runs(runs, by=args.by.split(",") if args.by is not None else None)
+    differing = differing_keys(groups)
+    if parent is not None:
+        scope = f"sweep {parent.sweep_id}" + (f" ({parent.sweep_name})" if parent.sweep_name else "")
+    elif args.sweep:
+        scope = f"sweep {args.sweep}"
+    else:
+        scope = f"experiment {args.experiment or DEFAULT_EXPERIMENT}"
+    title = f"{scope} — {args.metric}"
+    stats = summarize(groups, args.metric)
+    console = Console()
+    console.print(rich_table(stats, differing, title=title))
+    note = failure_summary(stats)
+    if note:
+        console.print(note, markup=False, highlight=False)
+    if args.no_report:
+        return 0
+
+    from rlexp.compare.report import write_report
+
+    name = parent.sweep_id if parent is not None else (args.sweep or args.experiment or DEFAULT_EXPERIMENT)
+    out = Path(args.out) if args.out else Path("rlexp-report") / _safe_name(name)
+    path = write_report(runs, groups, out, metric=args.metric, title=title)
+    console.print(f"report: {path.resolve()}", markup=False, highlight=False)
+    if parent is not None:
+        log_report(uri, parent, out)
+        console.print(f"logged on the sweep's parent run {parent.run_id} under report/", markup=False,
+                      highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rlexp compare``; returns 0, or 2 after one ``rlexp compare: error: ...`` line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except CompareError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except CompareError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - store failures (bad URI, unreachable server) in one line
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(e, MlflowException):
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"{PROG}: error: tracking store {args.tracking_uri or '(default)'}: {msg}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The ScaleRL sigmoidal compute–performance curve (Khatri et al. 2025, "The Art of Scaling RL
+Compute for LLMs"), fitted to a configuration's evaluations:
+
+    R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)
+
+R0 is the reward before any RL (the step-0 evaluation; it is held fixed, not fitted), A the
+asymptotic reward, B the scaling exponent (how sharply reward rises with compute) and C_mid the
+compute at which half of the gain A - R0 is reached. Compute here is ``perf/total_tokens`` (tokens
+generated so far) at each evaluation; all seeds of a configuration pool into one fit.
+
+How this departs from a plain ``curve_fit``: the curve is fitted in log-compute, with
+``m = log C_mid`` as the parameter (``1/(1 + (C_mid/C)^B) = expit(B·(log C - m))``), so C_mid spanning
+orders of magnitude does not upset the optimizer; the fit is started from a small grid of initial
+guesses and the least-squares best is kept. Errors are ``sqrt(diag(cov))``, with
+``C_mid_err = C_mid · err(m)`` (first order). Plots live in ``report.py``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+from rlexp.compare.runs import RunRecord
+
+EVAL_METRIC = "eval/reward_mean"
+COMPUTE_METRIC = "perf/total_tokens"
+B_BOUNDS = (1e-2, 50.0)
+
+
+class FitError(ValueError):
+    """The sigmoid cannot be fitted to these points; the message says why."""
+
+
+def sigmoid_curve(compute, A: float, B: float, C_mid: float, r0: float):
+    """``R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B)`` elementwise; ``R(C ≤ 0) = R0``."""
+    import numpy as np
+    from scipy.special import expit
+
+    c = np.asarray(compute, dtype=float)
+    pos = c > 0
+    logc = np.log(np.where(pos, c, 1.0))
+    return np.where(pos, r0 + (A - r0) * expit(B * (logc - math.log(C_mid))), r0)
+
+
+def fit_sigmoid(compute, reward, r0: float) -> dict:
+    """Fit A, B, C_mid of the ScaleRL curve with R0 = ``r0`` fixed; points with compute ≤ 0 are ignored.
+
+    Returns ``dict(A, B, C_mid, A_err, B_err, C_mid_err, r0, n, rmse)`` (an error is ``inf`` when
+    the data do not determine that parameter). Raises ``FitError`` with fewer than 3 usable points,
+    or when the reward never moves away from ``r0``.
+    """
+    import numpy as np
+    from scipy.optimize import curve_fit
+    from scipy.special import expit
+
+    c = np.asarray(compute, dtype=float).ravel()
+    y = np.asarray(reward, dtype=float).ravel()
+    if c.shape != y.shape:
+        raise FitError(f"compute and reward differ in length ({c.size} vs {y.size})")
+    if not math.isfinite(r0):
+        raise FitError(f"r0 must be a finite reward, got {r0}")
+    keep = (c > 0) & np.isfinite(c) & np.isfinite(y)
+    c, y = c[keep], y[keep]
+    if c.size < 3:
+        raise FitError(f"need at least 3 points with compute > 0 to fit A, B, C_mid; got {c.size}")
+    lo_y, hi_y = min(y.min(), r0), max(y.max(), r0)
+    span = hi_y - lo_y
+    if span <= 1e-12 * max(1.0, abs(r0)):
+        raise FitError(f"the reward stays at r0={r0:.4g} at every compute: A, B, C_mid are not identifiable")
+    logc = np.log(c)
+    lc_lo, lc_hi = float(logc.min()), float(logc.max())
+    lc_pad = 3.0 * max(lc_hi - lc_lo, 1.0)
+    pad = max(span, 1.0)  # A may lie beyond the rewards seen (the curve has not saturated yet)
+    lower = [lo_y - pad, B_BOUNDS[0], lc_lo - lc_pad]
+    upper = [hi_y + pad, B_BOUNDS[1], lc_hi + lc_pad]
+
+    def model(lc, A, B, m):
+        return r0 + (A - r0) * expit(B * (lc - m))
+
+    # direction of the gain: the late points against r0
+    late = y[np.argsort(c)][-max(1, c.size // 3):].mean()
+    ext = y.max() if late >= r0 else y.min()
+    a_starts = [ext, ext + 0.25 * (ext - r0)]
+    m_starts = [float(np.quantile(logc, q)) for q in (0.25, 0.5, 0.75)]
+    best = None
+    for a0, b0, m0 in itertools.product(a_starts, (0.5, 1.0, 3.0), m_starts):
+        p0 = [min(max(a0, lower[0] + 1e-9), upper[0] - 1e-9), b0, m0]
+        try:
+            popt, pcov = curve_fit(model, logc, y, p0=p0, bounds=(lower, upper), maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((model(logc, *popt) - y) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, popt, pcov)
+    if best is None:
+        raise FitError(f"curve_fit did not converge from any initial guess ({c.size} points)")
+    sse, (A, B, m), pcov = best
+    errs = [math.sqrt(v) if math.isfinite(v) and v >= 0 else math.inf for v in np.diag(pcov)]
+    C_mid = math.exp(m)
+    return {"A": float(A), "B": float(B), "C_mid": C_mid, "A_err": errs[0], "B_err": errs[1],
+            "C_mid_err": C_mid * errs[2], "r0": float(r0), "n": int(c.size),
+            "rmse": math.sqrt(sse / c.size)}
+
+
+def _value_at(history: list[tuple[int, float]], step: int) -> float | None:
+    """The cumulative metric at ``step``: its value there, else at the latest step logged before."""
+    before = [v for s, v in history if s <= step]
+    return before[-1] if before else None
+
+
+def fit_points(runs: list[RunRecord]) -> tuple[list[float], list[float], float]:
+    """``(compute, reward, r0)`` pooled over ``runs``: ``perf/total_tokens`` at each ``eval/reward_mean``
+    step, and R0 = the mean step-0 evaluation. Raises ``FitError`` when there is no step-0 evaluation."""
+    compute, reward, starts = [], [], []
+    for run in runs:
+        tokens = run.history(COMPUTE_METRIC)
+        for step, r in run.history(EVAL_METRIC):
+            if step == 0:
+                starts.append(r)
+                continue
+            c = _value_at(tokens, step)
+            if c is not None and c > 0:
+                compute.append(c)
+                reward.append(r)
+    if not starts:
+        raise FitError(f"no step-0 {EVAL_METRIC} in {len(runs)} run(s): R0 (the warm-start reward) is unknown")
+    return compute, reward, sum(starts) / len(starts)
+
+
+def fit_runs(runs: list[RunRecord]) -> dict:
+    """The sigmoid fitted to the pooled evaluations of ``runs`` (one configuration's seeds)."""
+    compute, reward, r0 = fit_points(runs)
+    return fit_sigmoid(compute, reward, r0)

@@ -1,0 +1,228 @@
+"""The report's figures, each a function from runs / configurations to a matplotlib ``Figure``.
+
+Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, never through
+``pyplot``, so making a report changes no global matplotlib state (no backend switch, no open
+windows). A function returns ``None`` when its figure does not apply (e.g. λ does not vary).
+Curves use FINISHED runs only: a failed run's partial history would bias the mean. The HTML page
+that holds the figures is assembled in ``report.py``.
+"""
+from __future__ import annotations
+
+import math
+
+from rlexp.compare.aggregate import Group, metric_value, short_key, sort_value
+from rlexp.compare.fit import EVAL_METRIC, sigmoid_curve
+from rlexp.compare.runs import RunRecord
+
+TRAIN_METRICS = ("train/clipfrac", "train/approx_kl", "train/entropy", "train/response_length")
+LAMBDA_METRICS = ("train/advantage_var", "train/adv_bias_vs_mc", "train/adv_mse_vs_mc",
+                  "train/explained_variance")
+GAMMA, LAM, CLIP = "algorithm.gamma", "algorithm.lam", "algorithm.clip_eps"
+
+
+def new_figure(ncols: int = 1, *, width: float = 6.0, height: float = 4.0):
+    """A figure with ``ncols`` side-by-side axes, rendered by the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _as_float(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def mean_band(runs: list[RunRecord], metric: str):
+    """``(steps, mean, low, high)`` of ``metric`` over runs at every step any of them logged;
+    the band is the min–max over the runs at that step. Empty lists when no run logged it."""
+    per_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, v in run.history(metric):
+            if math.isfinite(v):
+                per_step.setdefault(step, []).append(v)
+    steps = sorted(per_step)
+    vals = [per_step[s] for s in steps]
+    return steps, [sum(v) / len(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
+
+
+def _legend(ax, n: int) -> None:
+    if n:
+        ax.legend(fontsize=7 if n > 6 else 8, loc="best")
+
+
+def eval_curves(groups: list[Group], differing: list[str]):
+    """(a) ``eval/reward_mean`` against iterations: per configuration the mean over seeds and the
+    min–max band."""
+    fig, (ax,) = new_figure(width=8.0, height=4.5)
+    drawn = 0
+    for g, color in zip(groups, _colors(len(groups))):
+        steps, mean, low, high = mean_band(g.finished, EVAL_METRIC)
+        if not steps:
+            continue
+        ax.plot(steps, mean, marker="o", ms=3, color=color, label=f"{g.label(differing)} (n={len(g.finished)})")
+        ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set(xlabel="RL iteration", ylabel=EVAL_METRIC, title="evaluation reward (mean over seeds, min–max band)")
+    ax.grid(alpha=0.3)
+    _legend(ax, drawn)
+    return fig
+
+
+def train_curves(groups: list[Group], differing: list[str]):
+    """(c) clip fraction, approximate KL, entropy and response length against iterations, one line
+    per configuration (mean over seeds)."""
+    present = [m for m in TRAIN_METRICS if any(r.history(m) for g in groups for r in g.finished)]
+    if not present:
+        return None
+    fig, axes = new_figure(len(present), width=4.2, height=3.6)
+    colors = _colors(len(groups))
+    for ax, metric in zip(axes, present):
+        for g, color in zip(groups, colors):
+            steps, mean, _, _ = mean_band(g.finished, metric)
+            if steps:
+                ax.plot(steps, mean, color=color, lw=1.2, label=g.label(differing))
+        ax.set(xlabel="RL iteration", title=metric)
+        ax.grid(alpha=0.3)
+    _legend(axes[-1], len(groups))
+    return fig
+
+
+def heatmap_applies(runs: list[RunRecord]) -> bool:
+    """True when both γ and λ take more than one value among the finished runs."""
+    done = [r for r in runs if r.status == "FINISHED"]
+    return all(len({r.params.get(k) for r in done} - {None}) > 1 for k in (GAMMA, LAM))
+
+
+def gamma_lambda_heatmap(runs: list[RunRecord], metric: str, differing: list[str]):
+    """(b) The metric's mean over finished runs on a γ×λ grid, one panel per ``clip_eps`` value;
+    cells no run covers are grey. Returns ``(figure, note)`` or ``None`` when γ or λ is fixed."""
+    if not heatmap_applies(runs):
+        return None
+    import numpy as np
+
+    done = [r for r in runs if r.status == "FINISHED" and metric_value(r, metric) is not None]
+    gammas = sorted({r.params.get(GAMMA) for r in done} - {None}, key=sort_value)
+    lams = sorted({r.params.get(LAM) for r in done} - {None}, key=sort_value)
+    clips = sorted({r.params.get(CLIP) for r in done}, key=sort_value)
+    if len(gammas) < 2 or len(lams) < 2:
+        return None
+    cells: dict[tuple, list[float]] = {}
+    for r in done:
+        cells.setdefault((r.params.get(CLIP), r.params.get(GAMMA), r.params.get(LAM)), []).append(
+            metric_value(r, metric))
+    grids = []
+    for clip in clips:
+        grid = np.full((len(gammas), len(lams)), np.nan)
+        for i, gm in enumerate(gammas):
+            for j, lm in enumerate(lams):
+                vals = cells.get((clip, gm, lm))
+                if vals:
+                    grid[i, j] = sum(vals) / len(vals)
+        grids.append(grid)
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].copy()
+    cmap.set_bad("#d9d9d9")
+    fig, axes = new_figure(len(clips), width=max(3.2, 1.0 + 0.9 * len(lams)), height=max(3.0, 1.2 + 0.6 * len(gammas)))
+    for ax, clip, grid in zip(axes, clips, grids):
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
+        ax.set_xticks(range(len(lams)), lams)
+        ax.set_yticks(range(len(gammas)), gammas)
+        ax.set(xlabel="λ (lam)", ylabel="γ (gamma)", title=f"clip_eps={clip}" if clip is not None else "")
+        for i in range(len(gammas)):
+            for j in range(len(lams)):
+                v = grid[i, j]
+                text = "—" if not np.isfinite(v) else f"{v:.3f}"
+                dark = np.isfinite(v) and (v - vmin) / (vmax - vmin) < 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    fig.colorbar(im, ax=axes, shrink=0.85, label=metric)
+    pooled = [short_key(k) for k in differing if k not in (GAMMA, LAM, CLIP)]
+    note = (f"Each cell: mean {metric} over the finished runs with that γ, λ and clip_eps"
+            + (f" (pooled over {', '.join(pooled)})" if pooled else "") + "; grey = no run.")
+    return fig, note
+
+
+def sigmoid_fits(groups: list[Group], differing: list[str], fits: dict[str, dict | str], points: dict):
+    """(d) Evaluation reward against compute (generated tokens, log scale) with each configuration's
+    fitted ScaleRL curve; ``points[label] = (compute, reward, r0)``, ``fits[label]`` a fit or an error."""
+    import numpy as np
+
+    fig, (ax,) = new_figure(width=8.0, height=4.5)
+    drawn = 0
+    for g, color in zip(groups, _colors(len(groups))):
+        label = g.label(differing)
+        if label not in points:
+            continue
+        compute, reward, _ = points[label]
+        if not compute:
+            continue
+        ax.scatter(compute, reward, s=10, color=color, alpha=0.6)
+        fit = fits.get(label)
+        if isinstance(fit, dict):
+            grid = np.logspace(math.log10(min(compute)), math.log10(max(compute)), 200)
+            ax.plot(grid, sigmoid_curve(grid, fit["A"], fit["B"], fit["C_mid"], fit["r0"]), color=color,
+                    label=f"{label}: A={fit['A']:.3f}")
+        else:
+            ax.plot([], [], color=color, ls=":", label=f"{label}: fit failed")
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xscale("log")
+    ax.set(xlabel="compute: generated tokens (perf/total_tokens)", ylabel=EVAL_METRIC,
+           title="ScaleRL fit R(C) = R0 + (A − R0) / (1 + (C_mid / C)^B)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, drawn)
+    return fig
+
+
+def lambda_diagnostics(runs: list[RunRecord], differing: list[str]):
+    """(e) Advantage variance, GAE bias and MSE against the Monte-Carlo advantages, and the critic's
+    explained variance, each averaged over iterations and seeds, as functions of λ; one line per
+    combination of the other differing keys. ``None`` when λ is fixed or no run logged them."""
+    done = [r for r in runs if r.status == "FINISHED" and _as_float(r.params.get(LAM)) is not None]
+    if len({r.params[LAM] for r in done}) < 2:
+        return None
+    present = [m for m in LAMBDA_METRICS if any(r.history(m) for r in done)]
+    if not present:
+        return None
+    others = [k for k in differing if k != LAM]
+    lines: dict[str, dict[float, dict[str, list[float]]]] = {}
+    for r in done:
+        name = " ".join(f"{short_key(k)}={r.params.get(k, '—')}" for k in others) or "all runs"
+        at_lam = lines.setdefault(name, {}).setdefault(float(r.params[LAM]), {})
+        for m in present:
+            vals = [v for _, v in r.history(m) if math.isfinite(v)]
+            if vals:
+                at_lam.setdefault(m, []).append(sum(vals) / len(vals))
+    fig, axes = new_figure(len(present), width=4.2, height=3.6)
+    colors = _colors(len(lines))
+    for ax, m in zip(axes, present):
+        for (name, by_lam), color in zip(sorted(lines.items()), colors):
+            pts = sorted((lam, sum(v[m]) / len(v[m])) for lam, v in by_lam.items() if v.get(m))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=color, label=name)
+        if m in ("train/adv_bias_vs_mc", "train/explained_variance"):
+            ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="λ (lam)", title=f"{m} (mean over iterations)")
+        ax.grid(alpha=0.3)
+    _legend(axes[-1], len(lines))
+    return fig
