@@ -105,15 +105,41 @@ def group_runs(runs: list[RunRecord], *, by: list[str] | None = None) -> list[Gr
     for run in runs:
         gkey = tuple((k, run.params.get(k)) for k in keys)
         groups.setdefault(gkey, Group(key=gkey)).runs.append(run)
-    return sorted(groups.values(), key=lambda g: [sort_value(v) for _, v in g.key])
+    return sorted(_merge_partial(list(groups.values())), key=lambda g: [sort_value(v) for _, v in g.key])
+
+
+def _merge_partial(groups: list[Group]) -> list[Group]:
+    """Fold a group of runs that never started (FAILED, only some params logged — a job refused at
+    validation) into the one configuration that agrees with every param it has, if exactly one does."""
+    keep = []
+    for g in groups:
+        partial = not g.finished and any(v is None for _, v in g.key)
+        if partial:
+            have = {k: v for k, v in g.key if v is not None}
+            matches = [h for h in groups if h is not g and h.finished
+                       and all(h.values.get(k) == v for k, v in have.items())]
+            if len(matches) == 1:
+                matches[0].runs.extend(g.runs)
+                continue
+        keep.append(g)
+    return keep
 
 
 def differing_keys(groups: list[Group]) -> list[str]:
-    """The grouping keys whose values are not the same across all configurations (in key order)."""
+    """The grouping keys whose values are not the same across all configurations (in key order).
+    A param missing from a configuration without finished runs (a job refused before it logged its
+    config) does not count as a difference."""
     if not groups:
         return []
     keys = [k for k, _ in groups[0].key]
-    return [k for k in keys if len({g.values.get(k) for g in groups}) > 1]
+    counted = [g for g in groups if g.finished] or groups
+    out = []
+    for k in keys:
+        vals = {g.values.get(k) for g in counted}
+        vals |= {g.values.get(k) for g in groups if not g.finished and g.values.get(k) is not None}
+        if len(vals) > 1:
+            out.append(k)
+    return out
 
 
 def metric_value(run: RunRecord, metric: str) -> float | None:

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(rich_table(stats, differing, title=title))
     note = failure_summary(stats)
     if note:
-        console.print(note, markup=False, highlight=False)
+        print(note)
     if args.no_report:
         return 0
 
@@ -100,11 +100,10 @@ def run(args: argparse.Namespace) -> int:
     name = parent.sweep_id if parent is not None else (args.sweep or args.experiment or DEFAULT_EXPERIMENT)
     out = Path(args.out) if args.out else Path("rlexp-report") / _safe_name(name)
     path = write_report(runs, groups, out, metric=args.metric, title=title)
-    console.print(f"report: {path.resolve()}", markup=False, highlight=False)
+    print(f"report: {path.resolve()}")
     if parent is not None:
         log_report(uri, parent, out)
-        console.print(f"logged on the sweep's parent run {parent.run_id} under report/", markup=False,
-                      highlight=False)
+        print(f"report logged on the sweep's parent run {parent.run_id} under report/")
     return 0
 
 
@@ -122,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except CompareError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the report directory cannot be written
+        print(f"{PROG}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - store failures (bad URI, unreachable server) in one line
         from mlflow.exceptions import MlflowException

@@ -63,6 +63,13 @@ def _legend(ax, n: int) -> None:
         ax.legend(fontsize=7 if n > 6 else 8, loc="best")
 
 
+def _figure_legend(fig, ax) -> None:
+    """One legend for side-by-side panels, outside them on the right (the lines are the same)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7 if len(handles) > 6 else 8)
+
+
 def eval_curves(groups: list[Group], differing: list[str]):
     """(a) ``eval/reward_mean`` against iterations: per configuration the mean over seeds and the
     min–max band."""
@@ -98,7 +105,7 @@ def train_curves(groups: list[Group], differing: list[str]):
                 ax.plot(steps, mean, color=color, lw=1.2, label=g.label(differing))
         ax.set(xlabel="RL iteration", title=metric)
         ax.grid(alpha=0.3)
-    _legend(axes[-1], len(groups))
+    _figure_legend(fig, axes[0])
     return fig
 
 
@@ -222,7 +229,7 @@ def lambda_diagnostics(runs: list[RunRecord], differing: list[str]):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, color=color, label=name)
         if m in ("train/adv_bias_vs_mc", "train/explained_variance"):
             ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-        ax.set(xlabel="λ (lam)", title=f"{m} (mean over iterations)")
+        ax.set(xlabel="λ (lam)", title=m)
         ax.grid(alpha=0.3)
-    _legend(axes[-1], len(lines))
+    _figure_legend(fig, axes[0])
     return fig

@@ -194,9 +194,10 @@ def load_runs(tracking_uri: str, *, experiment: str | None = None, sweep: str | 
                                f"sweep id or run id and no job tagged rlexp.sweep_id={sweep!r}; sweeps "
                                f"there (newest first): {_describe_sweeps(client, experiment)}")
         if not found:
+            exp_name = client.get_experiment(parent.experiment_id).name
             raise CompareError(f"sweep {parent.sweep_id!r} ({parent.sweep_name or 'unnamed'}, parent run "
-                               f"{parent.run_id}) has no jobs: no run is tagged rlexp.sweep_id="
-                               f"{parent.sweep_id!r} or has it as {PARENT_TAG}")
+                               f"{parent.run_id} in experiment {exp_name!r}) has no jobs: no run there is "
+                               f"tagged rlexp.sweep_id={parent.sweep_id!r} or has the parent as {PARENT_TAG}")
     found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
     return [_record(client, r, history_metrics) for r in found], parent
 

@@ -41,7 +41,7 @@ def rich_table(stats: list[ConfigStats], columns: list[str], *, title: str):
     from rich.table import Table
 
     header, rows = table_rows(stats, columns)
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))  # the title on one line
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i < len(columns) else "right")
     best = best_index(stats)

@@ -52,6 +52,21 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+_NAME_PREFIXES = ("algorithm.", "rollout.", "task.", "model.")
+
+
+def short_run_name(algorithm: str, overrides: list[str]) -> str:
+    """``ppo clip_eps=0.2 lam=0.95 seed=1``: the algorithm and the overrides that change the experiment
+    (run length, tracking and Hydra settings left out; the full list is the ``rlexp.overrides`` tag)."""
+    parts = [algorithm]
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key == "seed" or key.startswith(_NAME_PREFIXES) and not key.startswith("model.warmstart."):
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(parts)[:120]
+
+
 def sweep_job_tags() -> dict[str, str]:
     """Nesting tags for a job of a multirun (empty outside one)."""
     parent = os.environ.get(ENV_PARENT)
@@ -74,8 +89,9 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(t.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(t.experiment)
+    algorithm = OmegaConf.select(cfg, "algorithm.name") or "run"
     tags = {"rlexp.overrides": " ".join(overrides), "rlexp.error": error[:5000],
-            "mlflow.runName": " ".join(overrides)[:250] or "failed", **sweep_job_tags()}
+            "mlflow.runName": short_run_name(str(algorithm), overrides), **sweep_job_tags()}
     run = client.create_run(exp_id, tags=tags)
     try:
         params = [Param(k, v) for k, v in flatten_config(cfg).items()]
@@ -126,7 +142,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
         return None
     uri = resolve_tracking_uri(t, launch_dir)
     override_str = " ".join(overrides)
-    run_name = t.run_name or "-".join([cfg.algorithm.name, cfg.task.name] + ([override_str] if overrides else []))
+    run_name = t.run_name or short_run_name(cfg.algorithm.name, overrides)
     tags = {"algorithm": cfg.algorithm.name, "task": cfg.task.name, "model": cfg.model.name,
             "rlexp.overrides": override_str or "(none)"}
     commit = _git_commit()

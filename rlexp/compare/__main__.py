@@ -1,0 +1,6 @@
+"""``python -m rlexp.compare`` = ``rlexp compare``."""
+import sys
+
+from rlexp.compare.cli import main
+
+sys.exit(main())
