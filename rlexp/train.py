@@ -49,27 +49,10 @@ def compose(overrides=()) -> DictConfig:
 
 
 def build_module(cfg: DictConfig, task, model_dir: Path):
-    """The OnlineRLModule with actor (from ``model_dir``), critic and reference as the config asks."""
-    import copy
+    """The run's LightningModule and its train dataloader, from the builder named by ``algorithm.module``."""
+    from rlexp.modules.builders import MODULE_BUILDERS
 
-    from rlexp.core import ADVANTAGE_ESTIMATORS
-    from rlexp.models import ValueModel, load_causal_lm, load_tokenizer
-    from rlexp.modules import OnlineRLModule
-
-    m, a = cfg.model, cfg.algorithm
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
-    actor = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
-    critic = None
-    if ADVANTAGE_ESTIMATORS.get(a.advantage).needs_critic:  # e.g. gae; the GRPO family builds none
-        critic = ValueModel.from_causal_lm(actor, reinit=a.critic_init == "random", seed=cfg.seed)
-    reference = copy.deepcopy(actor) if a.kl_coef > 0 else None  # kl_coef 0: no reference pass at all
-    actor.train()  # from_pretrained returns eval mode; dropout is already disabled
-    if critic is not None:
-        critic.train()
-    return OnlineRLModule(algo=a, rollout=cfg.rollout, actor=actor, tokenizer=tokenizer, task=task, critic=critic,
-                          reference=reference, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
-                          eval_every=cfg.trainer.eval_every, num_samples_logged=cfg.trainer.num_samples_logged,
-                          fp32_logits=m.fp32_logits)
+    return MODULE_BUILDERS.get(cfg.algorithm.module)(cfg, task, model_dir)
 
 
 def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str | None = None,
@@ -81,7 +64,6 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     import torch
     from hydra.utils import instantiate
 
-    from rlexp.modules import iteration_loader
     import time
 
     from rlexp.tracking import RunArtifacts, log_summary, make_logger, mark_error, mark_run_status
@@ -94,7 +76,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     launch_dir = launch_dir or os.getcwd()
     from rlexp.config.knobs import dead_overrides
 
-    dead = dead_overrides(cfg.algorithm, overrides or [])
+    dead = dead_overrides(cfg.algorithm, overrides or []) if cfg.algorithm.module == "online" else {}
     for key, why in dead.items():
         log.warning("%s has no effect in this run: %s", key, why)
     logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [])
@@ -107,7 +89,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         if ws_info.get("built"):
             log.info("Warm start built in %.1f s (greedy accuracy %.3f) and cached at %s",
                      ws_info["seconds"], ws_info["accuracy"], model_dir)
-        module = build_module(cfg, task, model_dir)
+        module, train_loader = build_module(cfg, task, model_dir)
         callbacks = []
         if logger is not None:
             logger.experiment.set_tag(logger.run_id, "warmstart.built", str(bool(ws_info.get("built"))))
@@ -123,7 +105,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
             default_root_dir=output_dir or launch_dir)
         t_fit = time.perf_counter()
-        trainer.fit(module, train_dataloaders=iteration_loader(cfg.trainer.max_steps))
+        trainer.fit(module, train_dataloaders=train_loader)
         log_summary(logger, module.history, cfg.trainer.max_steps, time.perf_counter() - t_fit)
     except BaseException as e:
         mark_error(logger, e)

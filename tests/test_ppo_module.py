@@ -75,7 +75,7 @@ def _train(overrides, tmp_path):
 
 
 def test_knob_table_covers_every_algorithm_key():
-    keys = {f.name for f in dataclasses.fields(OnlineAlgorithmConfig)} - {"name"}
+    keys = {f.name for f in dataclasses.fields(OnlineAlgorithmConfig)} - {"name", "module"}
     assert keys == set(KNOBS)
 
 
@@ -109,7 +109,7 @@ def _module(overrides):
     task = instantiate(cfg.task)
     model_dir, _ = prepare_model_dir(cfg.model, task, cfg.hardware)
     L.seed_everything(0, verbose=False)
-    return cfg, build_module(cfg, task, model_dir)
+    return cfg, build_module(cfg, task, model_dir)[0]
 
 
 def _perturb(model, scale=0.05):

@@ -23,6 +23,7 @@ def spec(*, ge=None, gt=None, le=None, lt=None, choices=None, registry=None, def
 @dataclass
 class OnlineAlgorithmConfig:
     name: str = MISSING
+    module: str = spec(choices=("online",))
     advantage: str = spec(registry="ADVANTAGE_ESTIMATORS")
     gamma: float = spec(ge=0.0, le=1.0)
     lam: float = spec(ge=0.0, le=1.0)
@@ -75,12 +76,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class TinyModelConfig:
+class _ModelCommon:
+    """Keys every model option has (the warm start and loading settings)."""
     name: str = MISSING
-    hidden_size: int = spec(ge=1)
-    intermediate_size: int = spec(ge=1)
-    num_layers: int = spec(ge=1)
-    num_heads: int = spec(ge=1)
     init_seed: int = spec(ge=0)
     dtype: str = spec(choices=DTYPES)
     fp32_logits: bool = MISSING
@@ -90,15 +88,16 @@ class TinyModelConfig:
 
 
 @dataclass
-class HFModelConfig:
-    name: str = MISSING
+class TinyModelConfig(_ModelCommon):
+    hidden_size: int = spec(ge=1)
+    intermediate_size: int = spec(ge=1)
+    num_layers: int = spec(ge=1)
+    num_heads: int = spec(ge=1)
+
+
+@dataclass
+class HFModelConfig(_ModelCommon):
     name_or_path: str = MISSING
-    init_seed: int = spec(ge=0)
-    dtype: str = spec(choices=DTYPES)
-    fp32_logits: bool = MISSING
-    trust_remote_code: bool = MISSING
-    cache_dir: str = MISSING
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
 @dataclass
