@@ -66,8 +66,39 @@ def ui_server(sweep_store):
         proc.kill()
         pytest.fail("rlexp ui did not answer within 120 s")
     yield url
-    proc.terminate()
+    proc.terminate()  # `rlexp ui` stops its server's whole process group
     proc.wait(timeout=30)
+
+
+def _server_processes(port: int) -> list[str]:
+    """Command lines of the MLflow server processes (mlflow server, uvicorn) listening on ``port``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if str(port) in args and any(a in ("mlflow", "uvicorn") for a in args):
+            found.append(" ".join(args))
+    return found
+
+
+def test_stopping_rlexp_ui_stops_its_server(sweep_store):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rlexp", "ui", "--tracking-uri", sweep_store["uri"],
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not _server_processes(port) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _server_processes(port), "the server never started"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while _server_processes(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _server_processes(port), "orphaned server processes after `rlexp ui` stopped"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +48,24 @@ def main(argv: list[str]) -> int:
         print(f"rlexp ui: warning: binding to {args.host} exposes the UI (and its store) to the network",
               file=sys.stderr)
     print(f"MLflow UI on {uri}: http://{args.host}:{port}  (Ctrl-C to stop)", flush=True)
+    # the server (mlflow -> uvicorn workers) runs in its own process group, and stopping `rlexp ui`
+    # (Ctrl-C or SIGTERM) stops that whole group: no orphaned server keeps the port
+    proc = subprocess.Popen(server_command(uri, args.host, port), env=server_env(), start_new_session=True)
+
+    def stop(signum=None, frame=None):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, lambda s, f: (stop(), sys.exit(0)))
     try:
-        return subprocess.call(server_command(uri, args.host, port), env=server_env())
+        return proc.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        stop()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
