@@ -31,7 +31,7 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    for pattern in (r".*modules? in eval mode.*", r".*isinstance\(treespec, LeafSpec\).*",
+    for pattern in (r".*in eval mode at the start of training.*", r".*isinstance\(treespec, LeafSpec\).*",
                     r".*smaller than the logging interval.*", r".*does not have many workers.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",

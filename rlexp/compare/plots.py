@@ -59,15 +59,27 @@ def mean_band(runs: list[RunRecord], metric: str):
 
 
 def _legend(ax, n: int) -> None:
-    if n:
-        ax.legend(fontsize=7 if n > 6 else 8, loc="best")
+    """A legend inside the axes for a few lines; outside on the right (the figure growing to fit it)
+    for many, so that a 36-configuration sweep does not squash the plot."""
+    if not n:
+        return
+    if n <= 8:
+        ax.legend(fontsize=8, loc="best")
+        return
+    _figure_legend(ax.figure, ax)
 
 
 def _figure_legend(fig, ax) -> None:
     """One legend for side-by-side panels, outside them on the right (the lines are the same)."""
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7 if len(handles) > 6 else 8)
+    if not handles:
+        return
+    n = len(handles)
+    ncol = 1 if n <= 20 else 2
+    if n > 8:  # make room: the legend's rows set the height, its columns add width
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + 2.6 * ncol, max(h, 0.16 * math.ceil(n / ncol) + 1.0))
+    fig.legend(handles, labels, loc="outside right upper", fontsize=6.5 if n > 8 else 8, ncol=ncol)
 
 
 def eval_curves(groups: list[Group], differing: list[str]):
