@@ -106,7 +106,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             default_root_dir=output_dir or launch_dir)
         t_fit = time.perf_counter()
         trainer.fit(module, train_dataloaders=train_loader)
-        log_summary(logger, module.history, cfg.trainer.max_steps, time.perf_counter() - t_fit)
+        last_step = max((h["step"] for h in module.history), default=cfg.trainer.max_steps)
+        log_summary(logger, module.history, last_step, time.perf_counter() - t_fit)
     except BaseException as e:
         mark_error(logger, e)
         mark_run_status(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -130,10 +131,11 @@ def _report(module, logger) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: reported in one line, without a traceback."""
     from rlexp.models import ModelLoadError
+    from rlexp.modules.preference_data import DatasetError
     from rlexp.tasks import RewardError
     from rlexp.tracking import TrackingError
 
-    return ConfigError, ModelLoadError, RewardError, TrackingError
+    return ConfigError, DatasetError, ModelLoadError, RewardError, TrackingError
 
 
 def _failed_job(cfg: DictConfig, overrides: list[str], error: Exception) -> float:

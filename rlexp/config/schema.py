@@ -62,6 +62,50 @@ class OnlineAlgorithmConfig:
 
 
 @dataclass
+class _OfflineAlgorithmCommon:
+    """Keys every offline algorithm has: AdamW with a linear warm-up to a constant rate, its batch."""
+    name: str = MISSING
+    lr: float = spec(gt=0.0)
+    warmup_steps: int = spec(ge=0)
+    weight_decay: float = spec(ge=0.0)
+    batch_size: int = spec(ge=1)
+    max_grad_norm: Optional[float] = spec(gt=0.0, default=None)
+
+
+@dataclass
+class PreferenceDataConfig:
+    path: Optional[str] = None
+    skip_invalid: bool = MISSING
+    num_prompts: int = spec(ge=1)
+    samples_per_prompt: int = spec(ge=2)
+
+
+@dataclass
+class DPOConfig(_OfflineAlgorithmCommon):
+    module: str = spec(choices=("dpo",))
+    beta: float = spec(gt=0.0)
+    loss_type: str = spec(registry="DPO_LOSSES")
+    label_smoothing: float = spec(ge=0.0, lt=0.5)
+    precompute_ref_logps: bool = MISSING
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+
+
+@dataclass
+class RejectionSamplingConfig(_OfflineAlgorithmCommon):
+    module: str = spec(choices=("rejection_sampling",))
+    num_prompts: int = spec(ge=1)
+    samples_per_prompt: int = spec(ge=1)
+    threshold: Optional[float] = None
+    epochs_per_round: int = spec(ge=1)
+    rounds: Optional[int] = spec(ge=1, default=None)
+
+
+@dataclass
+class SFTConfig(_OfflineAlgorithmCommon):
+    module: str = spec(choices=("sft",))
+
+
+@dataclass
 class WarmStartConfig:
     enabled: bool = MISSING
     lr: float = spec(gt=0.0)
@@ -150,7 +194,9 @@ class TrainerConfig:
 #: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here
 #: (a user's own task, say) is not type-checked beyond what its own code does.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "algorithm": {name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo", "scalerl")},
+    "algorithm": {**{name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo",
+                                                             "scalerl")},
+                  "dpo": DPOConfig, "rejection_sampling": RejectionSamplingConfig, "sft": SFTConfig},
     "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
     "task": {"arithmetic": ArithmeticTaskConfig},
     "hardware": {"*": HardwareConfig},

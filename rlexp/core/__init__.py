@@ -2,10 +2,11 @@
 
 Masked statistics, advantage estimators (GAE and group-relative: GRPO, Dr. GRPO,
 RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy losses
-(PPO clip, GSPO, CISPO), value loss and DAPO overlong reward shaping, plus the
-name registries that let configs select among them.  Tensor convention: response
-tensors are ``[B, T]``, right-padded, with a prefix ``mask``; completions of one
-prompt are consecutive rows (groups of ``group_size``); see each module's docstring.
+(PPO clip, GSPO, CISPO), value loss, DAPO overlong reward shaping and preference
+losses (DPO, IPO, SLiC hinge), plus the name registries that let configs select
+among them.  Tensor convention: response tensors are ``[B, T]``, right-padded, with
+a prefix ``mask``; completions of one prompt are consecutive rows (groups of
+``group_size``); see each module's docstring.
 """
 
 from .advantages import (
@@ -18,6 +19,7 @@ from .advantages import (
     zero_std_groups,
 )
 from .aggregation import AGGREGATIONS, aggregate
+from .dpo import DPO_LOSSES, dpo_loss
 from .kl import KL_ESTIMATORS, kl_estimate
 from .logprobs import entropy_from_logits, logprobs_from_logits
 from .losses import POLICY_LOSSES, ppo_policy_loss, value_loss
@@ -29,12 +31,14 @@ from .stats import explained_variance, masked_mean, masked_sum, masked_var, mask
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
+    "DPO_LOSSES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "AdvantageEstimator",
     "Registry",
     "aggregate",
     "cispo_policy_loss",
+    "dpo_loss",
     "entropy_from_logits",
     "explained_variance",
     "gae",

@@ -17,23 +17,14 @@ import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from rlexp.tracking.common import ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, resolve_tracking_uri  # noqa: F401
+
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
-#: environment variables through which a multirun's parent run reaches its jobs (set by
-#: rlexp.tracking.sweep.SweepCallback; inherited by joblib/submitit workers)
-ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_ID", "RLEXP_SWEEP_NAME"
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written."""
-
-
-def resolve_tracking_uri(tracking_cfg, launch_dir: str | Path) -> str:
-    if tracking_cfg.get("uri"):
-        return str(tracking_cfg.uri)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rlexp.tracking.mlflow import ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, resolve_tracking_uri
+from rlexp.tracking.common import ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, resolve_tracking_uri
 
 log = logging.getLogger("rlexp.sweep")
 
