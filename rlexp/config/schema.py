@@ -189,6 +189,7 @@ class TrainerConfig:
     eval_every: int = spec(ge=1)
     num_samples_logged: int = spec(ge=0)
     progress_bar: bool = MISSING
+    max_bad_steps: int = spec(ge=0)
 
 
 #: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here

@@ -35,7 +35,7 @@ def build_online(cfg, task, model_dir: Path):
     module = OnlineRLModule(algo=a, rollout=cfg.rollout, actor=actor, tokenizer=tokenizer, task=task, critic=critic,
                             reference=reference, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
                             eval_every=cfg.trainer.eval_every, num_samples_logged=cfg.trainer.num_samples_logged,
-                            fp32_logits=m.fp32_logits)
+                            fp32_logits=m.fp32_logits, max_bad_steps=cfg.trainer.max_bad_steps)
     return module, iteration_loader(cfg.trainer.max_steps)
 
 

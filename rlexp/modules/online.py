@@ -40,7 +40,8 @@ _ROW_KEYS = ("prompt_ids", "prompt_mask")  # [B, P] tensors: never trimmed along
 
 class OnlineRLModule(L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
-                 max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True):
+                 max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
+                 max_bad_steps: int = 3):
         super().__init__()
         self.automatic_optimization = False
         self.algo, self.rollout_cfg = algo, rollout
@@ -57,6 +58,8 @@ class OnlineRLModule(L.LightningModule):
         self.pool = PromptPool(task.train_examples, seed)
         self.max_new_tokens = rollout.max_new_tokens or task.max_new_tokens
         self.iteration = 0
+        self.max_bad_steps, self.skipped_steps = max_bad_steps, 0
+        self.bad_steps: dict[str, int] = {}  # consecutive non-finite steps, per optimized quantity
         self.total_tokens = 0.0   # cumulative generated tokens (the compute axis of the ScaleRL fit)
         self.total_seconds = 0.0  # cumulative seconds spent in training_step
         self.history: list[dict] = []          # every logged metrics dict, with its "step"
@@ -190,12 +193,27 @@ class OnlineRLModule(L.LightningModule):
         return loss, metrics
 
     def _step(self, opt, loss: torch.Tensor, params, name: str) -> torch.Tensor:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name} is {loss.item()} at iteration {self.iteration + 1}")
+        """One optimizer step, not applied when the loss or the gradient is NaN/Inf; more than
+        ``max_bad_steps`` such steps in a row stop the run with an error naming the quantity."""
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        max_norm = self.algo.max_grad_norm if self.algo.max_grad_norm is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        bad = None
+        if not torch.isfinite(loss):
+            bad = f"{name} is {loss.item()}"
+        else:
+            self.manual_backward(loss)
+            max_norm = self.algo.max_grad_norm if self.algo.max_grad_norm is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if not torch.isfinite(grad_norm):
+                bad = f"the gradient norm of {name} is {grad_norm.item()}"
+        if bad is not None:
+            opt.zero_grad(set_to_none=True)  # the step is not applied
+            self.bad_steps[name] = self.bad_steps.get(name, 0) + 1
+            self.skipped_steps += 1
+            if self.bad_steps[name] > self.max_bad_steps:
+                raise FloatingPointError(f"{bad} at iteration {self.iteration + 1}: {self.bad_steps[name]} non-finite "
+                                         f"optimizer steps in a row (trainer.max_bad_steps={self.max_bad_steps})")
+            return torch.full((), float("nan"))
+        self.bad_steps[name] = 0
         opt.step()
         return grad_norm.detach()
 
@@ -256,7 +274,8 @@ class OnlineRLModule(L.LightningModule):
         n_tokens = float(batch.mask.sum().item())
         self.total_tokens += n_tokens
         self.total_seconds += step_seconds
-        metrics.update({"perf/total_tokens": self.total_tokens, "perf/total_seconds": self.total_seconds,
+        metrics.update({"train/skipped_steps": float(self.skipped_steps),
+                        "perf/total_tokens": self.total_tokens, "perf/total_seconds": self.total_seconds,
                         "train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
                         "train/prompts_removed": float(removed),
                         "perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
@@ -275,7 +294,8 @@ class OnlineRLModule(L.LightningModule):
 
     def _iteration_metrics(self, batch, exp, acc) -> dict[str, float]:
         mask = exp["mask"]
-        stats = {f"train/{k}": torch.stack(v).mean() for k, v in acc.items()}
+        # nanmean: a skipped (non-finite) step must not turn the iteration's averages into NaN
+        stats = {f"train/{k}": torch.stack(v).nanmean() for k, v in acc.items()}
         zero = torch.zeros(())
         stats.update({
             "train/reward_mean": batch.scores.mean(),

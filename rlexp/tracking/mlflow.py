@@ -78,8 +78,8 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
 
     uri = resolve_tracking_uri(t, launch_dir)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(t.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(t.experiment)
+    exp = client.get_experiment_by_name(str(t.experiment))
+    exp_id = exp.experiment_id if exp else client.create_experiment(str(t.experiment))
     algorithm = OmegaConf.select(cfg, "algorithm.name") or "run"
     tags = {"rlexp.overrides": " ".join(overrides), "rlexp.error": error[:5000],
             "mlflow.runName": short_run_name(str(algorithm), overrides), **sweep_job_tags()}
@@ -141,9 +141,10 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
         tags["mlflow.source.git.commit"] = commit
     tags.update(sweep_job_tags())
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
-    logger = MLFlowLogger(experiment_name=t.experiment, run_name=run_name[:250], tracking_uri=uri, tags=tags)
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
+    try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
+        logger = MLFlowLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
+                              tags=tags)
         client, run_id = logger.experiment, logger.run_id
         from mlflow.entities import Param
         params = [Param(k, v) for k, v in flatten_config(cfg).items()]

@@ -55,8 +55,8 @@ class SweepCallback(Callback):
         self.sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.uri = resolve_tracking_uri(t, os.getcwd())
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(t.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(t.experiment)
+        exp = self.client.get_experiment_by_name(str(t.experiment))  # `2024` or `nan` parse as numbers
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(str(t.experiment))
         tags = {"rlexp.role": "sweep", "rlexp.sweep_id": self.sweep_id, "rlexp.sweep_name": name,
                 "mlflow.runName": f"sweep {self.sweep_id}",
                 "rlexp.launcher": str(OmegaConf.select(config, "hydra.launcher._target_") or "")}
