@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from rlexp import core
 from rlexp.models import response_logits
-from rlexp.rollout import evaluate
+from rlexp.modules.record import RunRecorder
 
 
-class OfflineRunMixin:
+class OfflineRunMixin(RunRecorder):
     """Mixed into a ``LightningModule`` whose policy is ``self.model``; call ``init_run`` in ``__init__``."""
 
     def init_run(self, *, tokenizer, task, seed: int, max_steps: int, eval_every: int, num_samples_logged: int,
@@ -36,27 +36,13 @@ class OfflineRunMixin:
         self.tokenizer, self.task, self.seed = tokenizer, task, seed
         self.max_steps, self.eval_every, self.num_samples_logged = max_steps, eval_every, num_samples_logged
         self.max_new_tokens, self.max_grad_norm = max_new_tokens, max_grad_norm
-        self.history: list[dict] = []          # every logged metrics dict, with its "step"
-        self.pending_samples: list[tuple[int, list[dict]]] = []
-        self.last_eval: dict = {}
+        self.init_record()  # history, last_eval, pending_samples (rlexp/modules/record.py)
         self.step_metrics: dict[str, torch.Tensor | float] = {}  # this step's train metrics, logged after it
 
     # ------------------------------------------------------------------ logging / eval
-    def _log(self, metrics: dict, step: int) -> None:
-        self.history.append({"step": step, **metrics})
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=step)
-
-    def run_eval(self, step: int) -> dict:
-        res = evaluate(self.model, self.tokenizer, self.task, self.task.eval_examples,
-                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged)
-        metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
-                   "eval/response_length": res.response_length}
-        self.last_eval = {"step": step, **metrics}
-        if res.samples:
-            self.pending_samples.append((step, res.samples))
-        self._log(metrics, step)
-        return metrics
+    @property
+    def policy_model(self):
+        return self.model
 
     def log_text_artifact(self, text: str, artifact_file: str) -> None:
         """A text artifact of the run (nothing without a logger, e.g. ``tracking=none``)."""

@@ -33,12 +33,13 @@ import torch
 from rlexp import core
 from rlexp.models import response_logits, response_values
 from rlexp.modules.data import step_generator
-from rlexp.rollout import PromptPool, collect_groups, evaluate, generate_rollout
+from rlexp.modules.record import RunRecorder
+from rlexp.rollout import PromptPool, collect_groups, generate_rollout
 
 _ROW_KEYS = ("prompt_ids", "prompt_mask")  # [B, P] tensors: never trimmed along T
 
 
-class OnlineRLModule(L.LightningModule):
+class OnlineRLModule(RunRecorder, L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
                  max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
                  max_bad_steps: int = 3):
@@ -62,9 +63,7 @@ class OnlineRLModule(L.LightningModule):
         self.bad_steps: dict[str, int] = {}  # consecutive non-finite steps, per optimized quantity
         self.total_tokens = 0.0   # cumulative generated tokens (the compute axis of the ScaleRL fit)
         self.total_seconds = 0.0  # cumulative seconds spent in training_step
-        self.history: list[dict] = []          # every logged metrics dict, with its "step"
-        self.pending_samples: list[tuple[int, list[dict]]] = []
-        self.last_eval: dict = {}
+        self.init_record()  # history, last_eval, pending_samples (rlexp/modules/record.py)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
@@ -79,21 +78,9 @@ class OnlineRLModule(L.LightningModule):
         return opts if isinstance(opts, list) else [opts]
 
     # ------------------------------------------------------------------ logging / eval
-    def _log(self, metrics: dict, step: int) -> None:
-        self.history.append({"step": step, **metrics})
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=step)
-
-    def run_eval(self, step: int) -> dict:
-        res = evaluate(self.actor, self.tokenizer, self.task, self.task.eval_examples,
-                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged)
-        metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
-                   "eval/response_length": res.response_length}
-        self.last_eval = {"step": step, **metrics}
-        if res.samples:
-            self.pending_samples.append((step, res.samples))
-        self._log(metrics, step)
-        return metrics
+    @property
+    def policy_model(self):
+        return self.actor
 
     def on_train_start(self) -> None:
         if self.iteration == 0:
