@@ -51,6 +51,16 @@ def test_ppo_gae_sweep_makes_one_parent_and_nested_children(mlflow_uri, in_tmp):
         for name in ("summary/final_eval_reward", "summary/reward_auc", "summary/wall_seconds"):
             assert name in child.data.metrics
     assert grid == {(e, "1.0", lam) for e in ("0.1", "0.2") for lam in ("0", "0.95")}
+    # `rlexp compare` over the real sweep: one row per configuration (4), n = 1 each
+    from rlexp.compare.cli import main as compare_main
+
+    assert compare_main(["--sweep", sweep_id, "--tracking-uri", mlflow_uri, "--experiment", "sweep-gae",
+                         "--out", str(in_tmp / "report")]) == 0
+    from rlexp.compare import load_runs, group_runs
+
+    runs, parent_record = load_runs(mlflow_uri, experiment="sweep-gae", sweep=sweep_id)
+    assert parent_record is not None and len(runs) == 4 and len(group_runs(runs)) == 4
+    assert (in_tmp / "report" / "report.html").exists()
     assert "RLEXP_PARENT_RUN_ID" not in __import__("os").environ  # the sweep cleaned up after itself
 
 
