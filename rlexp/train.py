@@ -76,7 +76,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     launch_dir = launch_dir or os.getcwd()
     from rlexp.config.knobs import dead_overrides
 
-    dead = dead_overrides(cfg.algorithm, overrides or []) if cfg.algorithm.module == "online" else {}
+    dead = dead_overrides(cfg.algorithm, overrides or [])
     for key, why in dead.items():
         log.warning("%s has no effect in this run: %s", key, why)
     logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [])

@@ -50,6 +50,13 @@ def test_a_nan_loss_is_not_applied_and_training_goes_on(monkeypatch, in_tmp):
     assert torch.isfinite(torch.tensor(logged["train/value_loss"]))  # the critic still trained
 
 
+def test_max_bad_steps_sets_how_many_nan_steps_are_tolerated(monkeypatch, in_tmp):
+    """The same two NaN steps that the default (3) tolerates stop a run with trainer.max_bad_steps=1."""
+    _nan_policy_loss(monkeypatch, bad_calls={1, 2})
+    with pytest.raises(FloatingPointError, match=r"2 non-finite optimizer steps in a row \(trainer.max_bad_steps=1\)"):
+        run(compose([*ONE_ITERATION, "trainer.max_bad_steps=1"]))
+
+
 def test_persistent_nan_stops_the_run_naming_quantity_and_iteration(monkeypatch, mlflow_uri, in_tmp):
     _nan_policy_loss(monkeypatch, bad_calls=None)
     with pytest.raises(SystemExit) as e:  # not a user error: Hydra reports it with its traceback, exit 1

@@ -36,6 +36,9 @@ def inactive_knobs(algo) -> dict[str, str]:
 
 
 def dead_overrides(algo, overrides: list[str]) -> dict[str, str]:
-    """``{"algorithm.lam": reason}`` for every inactive knob that ``overrides`` set explicitly."""
+    """``{"algorithm.lam": reason}`` for every inactive knob that ``overrides`` set explicitly.
+    Only the online family is analysed (offline algorithms have none of these keys): ``{}`` otherwise."""
+    if algo.get("module", "online") != "online":
+        return {}
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     return {f"algorithm.{k}": why for k, why in inactive_knobs(algo).items() if f"algorithm.{k}" in keys}

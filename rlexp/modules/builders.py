@@ -15,23 +15,31 @@ from rlexp.core import ADVANTAGE_ESTIMATORS, Registry
 MODULE_BUILDERS = Registry("algorithm module")
 
 
+def _load_policy(cfg, model_dir: Path, tokenizer=None):
+    """``(tokenizer, policy)`` from ``model_dir``; the policy in train mode (``from_pretrained`` returns
+    eval mode; dropout is already disabled)."""
+    from rlexp.models import load_causal_lm, load_tokenizer
+
+    m = cfg.model
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
+    model = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+    return tokenizer, model.train()
+
+
 @MODULE_BUILDERS.register("online")
 def build_online(cfg, task, model_dir: Path):
     """PPO and the GRPO family: actor (from ``model_dir``), critic and reference as the config asks."""
-    from rlexp.models import ValueModel, load_causal_lm, load_tokenizer
+    from rlexp.models import ValueModel
     from rlexp.modules.data import iteration_loader
     from rlexp.modules.online import OnlineRLModule
 
     m, a = cfg.model, cfg.algorithm
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
-    actor = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+    tokenizer, actor = _load_policy(cfg, model_dir)
     critic = None
     if ADVANTAGE_ESTIMATORS.get(a.advantage).needs_critic:  # e.g. gae; the GRPO family builds none
-        critic = ValueModel.from_causal_lm(actor, reinit=a.critic_init == "random", seed=cfg.seed)
+        critic = ValueModel.from_causal_lm(actor, reinit=a.critic_init == "random", seed=cfg.seed).train()
     reference = copy.deepcopy(actor) if a.kl_coef > 0 else None  # kl_coef 0: no reference pass at all
-    actor.train()  # from_pretrained returns eval mode; dropout is already disabled
-    if critic is not None:
-        critic.train()
     module = OnlineRLModule(algo=a, rollout=cfg.rollout, actor=actor, tokenizer=tokenizer, task=task, critic=critic,
                             reference=reference, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
                             eval_every=cfg.trainer.eval_every, num_samples_logged=cfg.trainer.num_samples_logged,
@@ -42,13 +50,8 @@ def build_online(cfg, task, model_dir: Path):
 # ------------------------------------------------------------------ offline algorithms (automatic optimization)
 def _offline_common(cfg, task, model_dir: Path, tokenizer=None):
     """Tokenizer, policy (train mode) and the run-contract arguments shared by the offline modules."""
-    from rlexp.models import load_causal_lm, load_tokenizer
-
     m = cfg.model
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code)
-    model = load_causal_lm(model_dir, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
-    model.train()  # from_pretrained returns eval mode; dropout is already disabled
+    tokenizer, model = _load_policy(cfg, model_dir, tokenizer)
     run = dict(seed=cfg.seed, max_steps=cfg.trainer.max_steps, eval_every=cfg.trainer.eval_every,
                num_samples_logged=cfg.trainer.num_samples_logged, fp32_logits=m.fp32_logits,
                max_new_tokens=cfg.rollout.max_new_tokens or task.max_new_tokens)

@@ -27,8 +27,9 @@ import lightning as L
 import torch
 
 from rlexp import core
-from rlexp.modules.offline import OfflineRunMixin, seeded, sequence_logprobs, step_loader, warmup_adamw
+from rlexp.modules.offline import OfflineRunMixin, seeded, sequence_logprobs, step_loader
 from rlexp.modules.preference_data import PreferencePair, generate_preferences, to_jsonl
+from rlexp.modules.sft import warmup_adamw
 from rlexp.rollout import PromptPool, collate_supervised
 
 log = logging.getLogger(__name__)

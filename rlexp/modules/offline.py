@@ -93,14 +93,6 @@ class OfflineRunMixin(RunRecorder):
             raise FloatingPointError(f"{name} is {loss.item()} at step {step + 1}")
 
 
-def warmup_adamw(params, *, lr: float, weight_decay: float, warmup_steps: int) -> dict:
-    """AdamW with a linear warm-up to a constant learning rate, stepped every optimizer step."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 def step_loader(num_items: int, *, batch_size: int, max_steps: int, seed: int, collate: Callable) -> DataLoader:
     """Exactly ``max_steps`` batches of ``batch_size`` item indices, passed to ``collate``.
 

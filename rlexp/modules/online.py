@@ -37,6 +37,10 @@ from rlexp.modules.record import RunRecorder
 from rlexp.rollout import PromptPool, collect_groups, generate_rollout
 
 _ROW_KEYS = ("prompt_ids", "prompt_mask")  # [B, P] tensors: never trimmed along T
+#: the experience tensors an update reads; the others (entropy, raw/MC advantages, kl...) are diagnostics
+#: and are not sliced per minibatch
+_UPDATE_KEYS = _ROW_KEYS + ("response_ids", "mask", "loss_mask", "old_logprobs", "advantages", "ref_logprobs",
+                            "old_values", "returns")
 
 
 class OnlineRLModule(RunRecorder, L.LightningModule):
@@ -224,7 +228,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             for idx in self._minibatches(exp["mask"].shape[0], g):
                 idx = idx.to(exp["mask"].device)
                 T = max(int(exp["mask"][idx].sum(1).max().item()), 1)  # trim to the longest completion
-                mb = {k: (v[idx] if k in _ROW_KEYS or v.dim() != 2 else v[idx][:, :T]) for k, v in exp.items()}
+                mb = {k: exp[k][idx] if k in _ROW_KEYS else exp[k][idx, :T] for k in _UPDATE_KEYS if k in exp}
                 loss, metrics = self._minibatch_loss(mb)
                 metrics["grad_norm"] = self._step(opts[0], loss, list(self.actor.parameters()), "train/policy_loss")
                 if self.critic is not None:

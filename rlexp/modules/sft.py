@@ -31,7 +31,13 @@ class SFTModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        warm = max(self.warmup_steps, 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return warmup_adamw(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                            warmup_steps=self.warmup_steps)
+
+
+def warmup_adamw(params, *, lr: float, weight_decay: float, warmup_steps: int) -> dict:
+    """AdamW with a linear warm-up to a constant learning rate, stepped every optimizer step."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -10,6 +10,22 @@ from pathlib import Path
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_ID", "RLEXP_SWEEP_NAME"
 
 
+def experiment_id(client, name) -> str:
+    """The id of experiment ``name``, created if missing (``str()``: names like ``2024`` or ``nan``
+    reach us from Hydra as numbers)."""
+    exp = client.get_experiment_by_name(str(name))
+    return exp.experiment_id if exp else client.create_experiment(str(name))
+
+
+def log_params(client, run_id: str, params: dict[str, str]) -> None:
+    """Log ``params`` on a run, in batches of 100 (MLflow's limit per ``log_batch``)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
 def resolve_tracking_uri(tracking_cfg, launch_dir: str | Path) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<launch dir>/mlflow.db``."""
     if tracking_cfg.get("uri"):

@@ -17,7 +17,9 @@ import lightning as L
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from rlexp.tracking.common import ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, resolve_tracking_uri  # noqa: F401
+from rlexp.tracking.common import (  # noqa: F401  (ENV_* and resolve_tracking_uri re-exported)
+    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, resolve_tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
@@ -73,23 +75,19 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
     t = cfg.get("tracking")
     if t is None or t.get("name") == "none":
         return
-    from mlflow.entities import Param, RunStatus
+    from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(t, launch_dir)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(str(t.experiment))
-    exp_id = exp.experiment_id if exp else client.create_experiment(str(t.experiment))
+    client = MlflowClient(resolve_tracking_uri(t, launch_dir))
     algorithm = OmegaConf.select(cfg, "algorithm.name") or "run"
     tags = {"rlexp.overrides": " ".join(overrides), "rlexp.error": error[:5000],
             "mlflow.runName": short_run_name(str(algorithm), overrides), **sweep_job_tags()}
-    run = client.create_run(exp_id, tags=tags)
+    run = client.create_run(experiment_id(client, t.experiment), tags=tags)
     try:
-        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
+        params = flatten_config(cfg)
     except Exception:  # noqa: BLE001 - an unresolvable config: keep the overrides only
-        params = [Param(o.split("=", 1)[0], o.split("=", 1)[1]) for o in overrides if "=" in o]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i:i + 100])
+        params = dict(o.split("=", 1) for o in overrides if "=" in o)
+    log_params(client, run.info.run_id, params)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -146,10 +144,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
         logger = MLFlowLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
                               tags=tags)
         client, run_id = logger.experiment, logger.run_id
-        from mlflow.entities import Param
-        params = [Param(k, v) for k, v in flatten_config(cfg).items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
+        log_params(client, run_id, flatten_config(cfg))
         client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     except Exception as e:  # noqa: BLE001 - any store failure at start-up is fatal and named
         raise TrackingError(f"tracking store {uri} is not usable: {type(e).__name__}: {e}") from e

@@ -18,7 +18,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rlexp.tracking.common import ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, resolve_tracking_uri
+from rlexp.tracking.common import (
+    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, resolve_tracking_uri,
+)
 
 log = logging.getLogger("rlexp.sweep")
 
@@ -48,24 +50,19 @@ class SweepCallback(Callback):
         t = config.get("tracking")
         if t is None or t.get("name") == "none":
             return
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         name = str(OmegaConf.select(config, "sweep.name") or "multirun")
         self.sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.uri = resolve_tracking_uri(t, os.getcwd())
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(str(t.experiment))  # `2024` or `nan` parse as numbers
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(str(t.experiment))
         tags = {"rlexp.role": "sweep", "rlexp.sweep_id": self.sweep_id, "rlexp.sweep_name": name,
                 "mlflow.runName": f"sweep {self.sweep_id}",
                 "rlexp.launcher": str(OmegaConf.select(config, "hydra.launcher._target_") or "")}
-        run = self.client.create_run(exp_id, tags=tags)
+        run = self.client.create_run(experiment_id(self.client, t.experiment), tags=tags)
         self.parent_id, self.t0 = run.info.run_id, time.perf_counter()
-        params = [Param(f"sweep.{k}", v[:6000]) for k, v in sweep_definition(config).items()]
-        params.append(Param("sweep.name", name))
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.parent_id, params=params[i:i + 100])
+        params = {f"sweep.{k}": v[:6000] for k, v in sweep_definition(config).items()}
+        log_params(self.client, self.parent_id, {**params, "sweep.name": name})
         os.environ[ENV_PARENT], os.environ[ENV_SWEEP_ID], os.environ[ENV_SWEEP_NAME] = (
             self.parent_id, self.sweep_id, name)
         log.info("sweep %s: parent MLflow run %s at %s", self.sweep_id, self.parent_id, self.uri)
