@@ -178,6 +178,64 @@ def test_metrics_are_averaged_over_the_whole_update():
     assert trainer.global_step == 8 and module.iteration == 0
 
 
+def _one_iteration(overrides, *, single_pass: bool):
+    """One real iteration; returns the module, its history and the number of actor scoring passes."""
+    from rlexp.modules import online
+    _, module = _module(overrides + ["trainer.max_steps=1"])
+    if module.reference is not None:
+        _perturb(module.reference)  # a KL to measure in the very first iteration
+    if not single_pass:
+        module.single_pass = lambda batch_size: False
+    calls = []
+    inner = online.response_logits
+
+    def counting(model, *args, **kwargs):
+        calls.append(model is module.actor)
+        return inner(model, *args, **kwargs)
+    online.response_logits = counting
+    try:
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", devices=1)
+        trainer.fit(module, train_dataloaders=iteration_loader(1))
+    finally:
+        online.response_logits = inner
+    return module, next(h for h in module.history if "train/policy_loss" in h), sum(calls)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm=grpo", "algorithm.prompts_per_step=2", "algorithm.num_generations=4", "algorithm.minibatch_size=8",
+     "algorithm.kl_coef=0.3", "algorithm.entropy_coef=0.01"],
+    ["algorithm.ppo_epochs=1", "algorithm.minibatch_size=8", "algorithm.kl_coef=0.0"],
+], ids=["grpo-kl-in-loss", "ppo-critic"])
+def test_single_pass_update_equals_the_two_pass_update(overrides):
+    """One epoch over one minibatch: the update's forward doubles as the old log-probs (ρ = 1 with its
+    gradient). Same parameters after the step and the same logged diagnostics as with a separate
+    no-grad scoring pass, with one actor pass fewer."""
+    overrides = overrides + ["algorithm.actor_lr=1e-3", "task.reward._target_=rlexp.tasks.arithmetic.partial_credit"]
+    fused, m_fused, n_fused = _one_iteration(overrides, single_pass=True)
+    plain, m_plain, n_plain = _one_iteration(overrides, single_pass=False)
+    assert fused.single_pass(8) and (n_fused, n_plain) == (1, 2)
+    for p, q in zip(fused.actor.parameters(), plain.actor.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert set(m_fused) == set(m_plain)
+    for key in ("train/policy_loss", "train/kl", "train/kl_loss", "train/rollout_entropy", "train/entropy",
+                "train/clip_frac", "train/approx_kl", "train/value_loss", "train/advantage_mean"):
+        if key in m_plain:
+            assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
+    if "train/kl_loss" in m_plain:
+        assert m_plain["train/kl"] > 0
+
+
+@pytest.mark.parametrize("extra", [["algorithm.ppo_epochs=2"], ["algorithm.minibatch_size=4"],
+                                   ["algorithm.kl_coef=0.1", "algorithm.kl_placement=in_reward"]])
+def test_single_pass_only_where_the_update_starts_on_policy(extra):
+    """Several epochs or minibatches (later ones are off-policy), or a KL in the reward (the advantages
+    need logπ_old first), keep the separate scoring pass."""
+    _, module = _module(["algorithm.ppo_epochs=1", "algorithm.minibatch_size=8", "algorithm.kl_coef=0.1",
+                         "algorithm.kl_placement=in_loss"] + extra)
+    assert not module.single_pass(8)
+
+
 def test_same_seed_same_run_different_seed_different_run(tmp_path, in_tmp):
     """Two runs with the same seed log identical metrics (CPU); another seed differs."""
     def metrics(seed):

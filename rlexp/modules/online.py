@@ -118,22 +118,35 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                               max_draws=a.max_gen_batches, pad_id=self.tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ steps 2-4: experience
+    def single_pass(self, batch_size: int) -> bool:
+        """Whether the update's own forward pass gives the old log-probs, saving a no-grad actor forward.
+
+        True for one epoch over one minibatch (the update starts from the very policy that sampled, so
+        ``logπ_old = sg(logπ_θ)`` exactly) unless the KL sits in the reward, whose advantages need
+        ``logπ_old`` before the update. The rollout entropy and KL diagnostics then come from the same pass.
+        """
+        a = self.algo
+        kl_in_reward = self.reference is not None and a.kl_placement == "in_reward"
+        return a.ppo_epochs == 1 and a.minibatch_size >= batch_size and not kl_in_reward
+
     @torch.no_grad()
     def make_experience(self, batch) -> dict[str, torch.Tensor]:
         """Old/ref log-probs, values, token rewards, advantages, returns and the loss mask, all ``[B, T]``."""
         a, G = self.algo, self.algo.num_generations
         d = batch.tensors()
         mask = d["mask"]
-        logits = response_logits(self.actor, **d, fp32=self.fp32_logits)
-        d["old_logprobs"] = core.logprobs_from_logits(logits, d["response_ids"])
-        d["rollout_entropy"] = core.entropy_from_logits(logits)
-        del logits
+        if not self.single_pass(batch.size):
+            logits = response_logits(self.actor, **d, fp32=self.fp32_logits)
+            d["old_logprobs"] = core.logprobs_from_logits(logits, d["response_ids"])
+            d["rollout_entropy"] = core.entropy_from_logits(logits)
+            del logits
         rewards = batch.token_rewards.clone()
         if self.reference is not None:
             ref_logits = response_logits(self.reference, **batch.tensors(), fp32=self.fp32_logits)
             d["ref_logprobs"] = core.logprobs_from_logits(ref_logits, d["response_ids"])
             del ref_logits
-            d["kl"] = core.kl_estimate(d["old_logprobs"], d["ref_logprobs"], a.kl_estimator) * mask
+            if "old_logprobs" in d:  # single pass: the KL diagnostic is filled in by the update
+                d["kl"] = core.kl_estimate(d["old_logprobs"], d["ref_logprobs"], a.kl_estimator) * mask
             if a.kl_placement == "in_reward":
                 rewards = rewards - a.kl_coef * d["kl"]
         values = (response_values(self.critic, **batch.tensors()) * mask if self.critic is not None
@@ -164,6 +177,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         logits = response_logits(self.actor, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["mask"],
                                  fp32=self.fp32_logits)
         logprobs = core.logprobs_from_logits(logits, mb["response_ids"])
+        if "old_logprobs" not in mb:  # single pass (see `single_pass`): on-policy, ρ = 1 with its gradient
+            mb["old_logprobs"] = logprobs.detach()
         loss, metrics = self.policy_loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mask,
                                             clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high,
                                             dual_clip=a.dual_clip, **agg)
@@ -175,7 +190,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         else:
             with torch.no_grad():
                 entropy = core.entropy_from_logits(logits.detach())
-        metrics["entropy"] = core.masked_mean(entropy.detach(), mb["mask"])
+        mb["entropy"] = entropy.detach()
+        metrics["entropy"] = core.masked_mean(mb["entropy"], mb["mask"])
         if self.reference is not None and a.kl_placement == "in_loss":
             kl = core.kl_estimate(logprobs, mb["ref_logprobs"], a.kl_estimator)
             kl_loss = core.aggregate(kl, mask, a.loss_agg, group_size=agg["group_size"], max_len=agg["max_len"])
@@ -218,6 +234,17 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             order = torch.randperm(B, generator=g)
         return [order[s:s + a.minibatch_size] for s in range(0, B, a.minibatch_size)]
 
+    def _fill_rollout_stats(self, exp: dict, idx: torch.Tensor, mb: dict) -> None:
+        """Scatter the single pass's log-probs and entropy (rows ``idx``, first ``T`` positions) into ``exp``
+        as ``old_logprobs``/``rollout_entropy``, and the KL to the reference, as `make_experience` would."""
+        T = mb["old_logprobs"].shape[1]
+        for src, dst in (("old_logprobs", "old_logprobs"), ("entropy", "rollout_entropy")):
+            full = torch.zeros_like(exp["mask"])
+            full[idx, :T] = mb[src].to(full.dtype)
+            exp[dst] = full
+        if "ref_logprobs" in exp:
+            exp["kl"] = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], self.algo.kl_estimator) * exp["mask"]
+
     def update(self, exp: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """``ppo_epochs`` passes of shuffled minibatches; returns every minibatch's metrics."""
         a = self.algo
@@ -230,6 +257,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                 T = max(int(exp["mask"][idx].sum(1).max().item()), 1)  # trim to the longest completion
                 mb = {k: exp[k][idx] if k in _ROW_KEYS else exp[k][idx, :T] for k in _UPDATE_KEYS if k in exp}
                 loss, metrics = self._minibatch_loss(mb)
+                if "old_logprobs" not in exp:  # single pass: the rollout diagnostics come from this forward
+                    self._fill_rollout_stats(exp, idx, mb)
                 metrics["grad_norm"] = self._step(opts[0], loss, list(self.actor.parameters()), "train/policy_loss")
                 if self.critic is not None:
                     values = response_values(self.critic, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
