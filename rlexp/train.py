@@ -56,9 +56,10 @@ def build_module(cfg: DictConfig, task, model_dir: Path):
 
 
 def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str | None = None,
-        output_dir: str | None = None):
+        output_dir: str | None = None, callbacks: list | None = None):
     """Validate, build and fit one experiment. Returns the fitted module (``module.last_eval`` holds
-    the final evaluation, ``module.history`` every logged metric)."""
+    the final evaluation, ``module.history`` every logged metric). ``callbacks``: extra Lightning
+    callbacks for the Trainer (e.g. timers when rlexp is driven from Python)."""
     validate(cfg)
     import lightning as L
     import torch
@@ -90,7 +91,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             log.info("Warm start built in %.1f s (greedy accuracy %.3f) and cached at %s",
                      ws_info["seconds"], ws_info["accuracy"], model_dir)
         module, train_loader = build_module(cfg, task, model_dir)
-        callbacks = []
+        callbacks = list(callbacks or [])
         if logger is not None:
             logger.experiment.set_tag(logger.run_id, "warmstart.built", str(bool(ws_info.get("built"))))
             callbacks.append(RunArtifacts(logger, ws_info))
