@@ -79,9 +79,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: best effort
 
 
-def prepare_weights(workdir: Path, seed: int) -> dict[str, Path]:
+def prepare_weights(workdir: Path, seed: int, overrides: list[str] = ()) -> dict[str, Path]:
     """The policy every side loads (rlexp's warm-started tiny model, saved with ``save_pretrained``) and a
-    tiny reward model of the same shape (``LlamaForSequenceClassification``, one label, seeded)."""
+    tiny reward model of the same shape (``LlamaForSequenceClassification``, one label, seeded).
+    ``overrides``: Hydra overrides of the warm start (the default experiment's when empty)."""
     import torch
     from hydra.utils import instantiate
     from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
@@ -89,7 +90,7 @@ def prepare_weights(workdir: Path, seed: int) -> dict[str, Path]:
     from rlexp.train import compose
     from rlexp.warmstart import prepare_model_dir
 
-    cfg = compose(["tracking=none"])
+    cfg = compose(["tracking=none", *overrides])
     task = instantiate(cfg.task)
     policy_dir, _ = prepare_model_dir(cfg.model, task, cfg.hardware)
     rm_dir = workdir / f"reward_model_seed{seed}"

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GenerateCounter, median, prepare_weights, versions  # noqa: E402
+from common import GenerateCounter, iteration_seconds, median, prepare_weights, versions  # noqa: E402
 from peer_trl import GRPO, PPO, run_side  # noqa: E402
 
 
@@ -114,8 +114,7 @@ def floor_round(algo: str, weights: dict, steps: int, seed: int) -> list[float]:
     for _ in range(steps):
         starts.append(time.perf_counter())
         f.iteration()
-    starts.append(time.perf_counter())
-    return [b - a for a, b in zip(starts[1:-1], starts[2:])]
+    return iteration_seconds(starts)
 
 
 def profile_core_share(algo: str, weights: dict, steps: int, seed: int, threads: int) -> dict:

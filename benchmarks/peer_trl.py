@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (GenerateCounter, lightning_iteration_timer, median, peak_rss_mb,  # noqa: E402
-                    prepare_weights, versions)
+from common import (GenerateCounter, iteration_seconds, lightning_iteration_timer, median,  # noqa: E402
+                    peak_rss_mb, prepare_weights, versions)
 
 SIDES = ("rlexp_grpo", "trl_grpo", "rlexp_ppo", "trl_ppo")
 GRPO = dict(prompts=8, generations=8, max_new_tokens=16, beta=0.04, lr=5e-5, clip=0.2)
@@ -157,8 +157,9 @@ def trl_side(algo: str, weights: dict, steps: int, seed: int, threads: int) -> l
             value_model=AutoModelForSequenceClassification.from_pretrained(weights["reward_model"], num_labels=1, **load),
             train_dataset=data, callbacks=[timer])
         trainer.train()
-        # PPOTrainer calls on_step_end only: iteration i ends at ends[i]; starts are the previous ends
-        return [float("nan")] + timer.ends
+        # PPOTrainer calls on_step_end only: iteration i > 0 starts where iteration i-1 ended (TRL's own
+        # loop between them included); iteration 0's start is unknown, and it is not timed anyway
+        return [float("nan")] + timer.ends[:-1]
 
 
 def run_side(side: str, weights: dict, steps: int, seed: int, threads: int, counter: GenerateCounter) -> dict:
@@ -166,14 +167,8 @@ def run_side(side: str, weights: dict, steps: int, seed: int, threads: int, coun
     # TRL prints its per-step logs on stdout: keep stdout for the one JSON line
     with counter.installed(), contextlib.redirect_stdout(sys.stderr):
         starts = (rlexp_side if tool == "rlexp" else trl_side)(algo, weights, steps, seed, threads)
-    starts = starts[1:] if tool == "trl" and algo == "ppo" else starts
-    # iterations 2 .. steps-1: from each one's start to the next one's start
-    if tool == "trl" and algo == "ppo":  # `starts` are iteration ends here: ends[i] - ends[i-1], i = 2 .. steps-1
-        secs = [b - a for a, b in zip(starts[:-2], starts[1:-1])]
-        window = (starts[0], starts[-2]) if len(starts) > 2 else (0.0, 0.0)
-    else:
-        secs = [b - a for a, b in zip(starts[1:-1], starts[2:])]
-        window = (starts[1], starts[-1]) if len(starts) > 2 else (0.0, 0.0)
+    secs = iteration_seconds(starts)  # iterations 2 .. steps-1 (1-based), from start to next start
+    window = (starts[1], starts[-1]) if len(starts) > 2 else (0.0, 0.0)
     return {"seconds": secs, "tokens": counter.tokens_between(*window), "window": window[1] - window[0]}
 
 
