@@ -32,12 +32,23 @@ Results are recorded in MLflow (default: ./mlflow.db).
 def _hydra(args: list[str]) -> int:
     from rlexp.train import hydra_main
 
-    saved = sys.argv
-    sys.argv = ["rlexp train", *args]  # Hydra parses sys.argv
+    import importlib.util
+
+    import __main__
+
+    # Hydra parses sys.argv[1:]. Lightning's DDP launcher starts the other workers by re-running this
+    # process's command: `python <sys.argv[0]> <args>`, or `python -m <__main__.__spec__.name> <args>`
+    # under `python -m rlexp`. Both must lead to `rlexp train` with the same overrides.
+    saved, saved_spec = sys.argv, getattr(__main__, "__spec__", None)
+    sys.argv = [str(Path(__file__).resolve().parent / "_launch" / "rlexp_train.py"), *args]
+    if saved_spec is not None:
+        __main__.__spec__ = importlib.util.find_spec("rlexp._launch.rlexp_train")
     try:
         hydra_main()
     finally:
         sys.argv = saved
+        if saved_spec is not None:
+            __main__.__spec__ = saved_spec
     return 0
 
 

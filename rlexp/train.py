@@ -109,6 +109,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         trainer.fit(module, train_dataloaders=train_loader)
         last_step = max((h["step"] for h in module.history), default=cfg.trainer.max_steps)
         log_summary(logger, module.history, last_step, time.perf_counter() - t_fit)
+        _save_policy(cfg, module, trainer, logger, output_dir)
     except BaseException as e:
         mark_error(logger, e)
         mark_run_status(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -116,6 +117,25 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     mark_run_status(logger, "FINISHED")
     _report(module, logger)
     return module
+
+
+def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:
+    """``save_pretrained`` of the trained policy under ``<output dir>/policy`` (first worker only), and its
+    upload as the MLflow run's ``policy/`` artifact with ``tracking.log_model=true``. Called from Python
+    without ``output_dir``, ``run`` saves nothing unless ``log_model`` asks (then via a temporary dir)."""
+    import tempfile
+
+    from rlexp.models.export import export_policy
+
+    log_model = logger is not None and cfg.tracking.get("log_model", False)
+    if not trainer.is_global_zero or not (cfg.trainer.get("save_policy", True) and output_dir or log_model):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(output_dir) / "policy" if output_dir and cfg.trainer.get("save_policy", True) else Path(tmp)
+        export_policy(module.policy_model, module.tokenizer, target)
+        log.info("Trained policy saved with save_pretrained at %s", target)
+        if log_model:
+            logger.experiment.log_artifacts(logger.run_id, str(target), "policy")
 
 
 def _report(module, logger) -> None:

@@ -24,7 +24,8 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from rlexp.models import build_char_tokenizer, build_tiny_model, load_causal_lm, load_tokenizer
+from rlexp.config.paths import resolve_model_dir
+from rlexp.models import build_char_tokenizer, build_tiny_model, load_causal_lm, load_tokenizer, source_gguf_file
 from rlexp.modules import SFTModule
 from rlexp.modules.data import step_generator
 from rlexp.rollout import collate_supervised, evaluate
@@ -113,14 +114,18 @@ class _SFTBatches(torch.utils.data.Dataset):
         idx = torch.randint(len(self.examples), (self.batch_size,), generator=g).tolist()
         rows = [self.examples[j] for j in idx]
         return collate_supervised(self.tokenizer, [e.prompt for e in rows],
-                                  [self.task.sft_completion(e) for e in rows])
+                                  [self.task.sft_completion(e) for e in rows], chat_template=self.task.chat_template)
 
 
 def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
     """SFT ``src`` on the task's format until ``target_accuracy``; cached. Returns (dir, info)."""
     ws = model_cfg.warmstart
-    key = _key({"src": str(src.resolve()), "ws": OmegaConf.to_container(ws), "task": task.fingerprint(),
-                "seed": model_cfg.init_seed, "dtype": model_cfg.dtype, "v": _VERSION})
+    gguf_file = source_gguf_file(model_cfg, src)
+    made_of = {"src": str(src.resolve()), "ws": OmegaConf.to_container(ws), "task": task.fingerprint(),
+               "seed": model_cfg.init_seed, "dtype": model_cfg.dtype, "v": _VERSION}
+    if gguf_file:  # only then: the keys of existing caches stay as they were
+        made_of["gguf_file"] = gguf_file
+    key = _key(made_of)
     target = Path(model_cfg.cache_dir).expanduser() / "warmstart" / f"{model_cfg.name}-{key}"
     with _locked(target):
         if (target / INFO_FILE).is_file():
@@ -129,8 +134,9 @@ def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
             return target, info
         t0 = time.perf_counter()
         log.info("Building the warm start (first use of this model/task/config): %s", target)
-        tok = load_tokenizer(src, trust_remote_code=model_cfg.trust_remote_code)
-        model = load_causal_lm(src, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
+        tok = load_tokenizer(src, trust_remote_code=model_cfg.trust_remote_code, gguf_file=gguf_file)
+        model = load_causal_lm(src, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
+                               gguf_file=gguf_file)
         # a slice of the *training* pool checks progress; the held-out eval split stays unseen
         check, train = task.train_examples[:200], task.train_examples[200:]
         stopper = _StopAtAccuracy(tok, task, check, ws.eval_every, ws.target_accuracy)
@@ -164,8 +170,8 @@ def prepare_model_dir(model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
     """The directory the policy loads from, and what the warm start did (``{}`` when disabled)."""
     if model_cfg.name == "tiny":
         src = build_tiny_dir(model_cfg, task)
-    else:
-        src = Path(str(model_cfg.name_or_path)).expanduser()
+    else:  # a directory, or pkg://<module> (an installed package's folder, e.g. the one holding a GGUF file)
+        src = resolve_model_dir(str(model_cfg.name_or_path))
     if not model_cfg.warmstart.enabled:
         return src, {}
     return warm_start(src, model_cfg, task, hardware_cfg)

@@ -8,7 +8,7 @@ key) and then checks every constraint, before any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -116,12 +116,21 @@ class WarmStartConfig:
     target_accuracy: float = spec(ge=0.0, le=1.0)
 
 
+@dataclass
+class LoraConfig:
+    enabled: bool = MISSING
+    r: int = spec(ge=1)
+    alpha: float = spec(gt=0.0)
+    dropout: float = spec(ge=0.0, lt=1.0)
+    target_modules: List[str] = MISSING
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
 class _ModelCommon:
-    """Keys every model option has (the warm start and loading settings)."""
+    """Keys every model option has (the warm start, loading, LoRA and memory settings)."""
     name: str = MISSING
     init_seed: int = spec(ge=0)
     dtype: str = spec(choices=DTYPES)
@@ -129,6 +138,8 @@ class _ModelCommon:
     trust_remote_code: bool = MISSING
     cache_dir: str = MISSING
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    gradient_checkpointing: bool = MISSING
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -142,6 +153,7 @@ class TinyModelConfig(_ModelCommon):
 @dataclass
 class HFModelConfig(_ModelCommon):
     name_or_path: str = MISSING
+    gguf_file: Optional[str] = None
 
 
 @dataclass
@@ -157,6 +169,12 @@ class ArithmeticTaskConfig:
 
 
 @dataclass
+class ArithmeticChatTaskConfig(ArithmeticTaskConfig):
+    prompt_template: str = MISSING
+    chat_template: bool = MISSING
+
+
+@dataclass
 class HardwareConfig:
     name: str = MISSING
     accelerator: str = spec(choices=("cpu", "gpu", "cuda", "mps", "auto"))
@@ -165,15 +183,17 @@ class HardwareConfig:
     strategy: str = MISSING
     precision: str = spec(choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"))
     num_threads: Optional[int] = spec(ge=1, default=None)
+    micro_batch_size: Optional[int] = spec(ge=1, default=None)
 
 
 @dataclass
 class TrackingConfig:
-    name: str = spec(choices=("mlflow", "none"))
+    name: str = spec(choices=("mlflow", "server", "none"))
     uri: Optional[str] = None
     experiment: str = MISSING
     run_name: Optional[str] = None
     tags: dict = field(default_factory=dict)
+    log_model: bool = False
 
 
 @dataclass
@@ -190,6 +210,7 @@ class TrainerConfig:
     num_samples_logged: int = spec(ge=0)
     progress_bar: bool = MISSING
     max_bad_steps: int = spec(ge=0)
+    save_policy: bool = True
 
 
 #: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here
@@ -198,8 +219,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "algorithm": {**{name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo",
                                                              "scalerl")},
                   "dpo": DPOConfig, "rejection_sampling": RejectionSamplingConfig, "sft": SFTConfig},
-    "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
-    "task": {"arithmetic": ArithmeticTaskConfig},
+    "model": {"tiny": TinyModelConfig, "hf": HFModelConfig, "smollm2": HFModelConfig},
+    "task": {"arithmetic": ArithmeticTaskConfig, "arithmetic_chat": ArithmeticChatTaskConfig},
     "hardware": {"*": HardwareConfig},
     "tracking": {"*": TrackingConfig},
     "rollout": {"*": RolloutConfig},

@@ -5,6 +5,8 @@ must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s
 """
 from __future__ import annotations
 
+import os
+
 import dataclasses
 from typing import Any
 
@@ -100,6 +102,43 @@ def _check_algorithm_pieces(a) -> None:
                           f"algorithm.overlong_max_len={a.overlong_max_len}")
 
 
+def _check_data_parallel(a, hw) -> None:
+    """Batch sizes count completions over all workers; each worker needs a whole share."""
+    world = hw.devices * hw.num_nodes
+    G = a.num_generations
+    if a.prompts_per_step % world:
+        raise ConfigError(f"algorithm.prompts_per_step={a.prompts_per_step} must be a multiple of the number of "
+                          f"workers hardware.devices × hardware.num_nodes = {world} (each samples its own share)")
+    if a.minibatch_size % world:
+        raise ConfigError(f"algorithm.minibatch_size={a.minibatch_size} must be a multiple of the number of "
+                          f"workers hardware.devices × hardware.num_nodes = {world}")
+    local = a.minibatch_size // world
+    if a.loss_agg == "prompt-mean" and local % G:
+        raise ConfigError(f"algorithm.minibatch_size={a.minibatch_size} over {world} workers leaves {local} "
+                          f"completions per worker: with loss_agg=prompt-mean it must be a multiple of "
+                          f"algorithm.num_generations={G} (whole groups)")
+    mb = hw.get("micro_batch_size")
+    if mb is not None:
+        if local % mb:
+            raise ConfigError(f"hardware.micro_batch_size={mb} must divide the per-worker minibatch "
+                              f"algorithm.minibatch_size / workers = {local}")
+        if a.loss_agg == "prompt-mean" and mb % G:
+            raise ConfigError(f"hardware.micro_batch_size={mb} must be a multiple of algorithm.num_generations={G} "
+                              f"with loss_agg=prompt-mean (whole groups)")
+
+
+def _check_lora(lora) -> None:
+    import importlib.util
+    import sys
+
+    modules = list(lora.target_modules)
+    if not modules or not all(isinstance(x, str) and x for x in modules):
+        raise ConfigError(f"model.lora.target_modules={modules} must name at least one module, e.g. [q_proj, v_proj]")
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError(f"model.lora.enabled=true needs the `peft` package; install it with: "
+                          f"{sys.executable} -m pip install peft")
+
+
 def _check_combinations(cfg: DictConfig) -> None:
     a = cfg.get("algorithm")
     if a is not None and "minibatch_size" in a:
@@ -110,16 +149,28 @@ def _check_combinations(cfg: DictConfig) -> None:
                 f"= {batch}")
         if a.clip_eps_high is not None and a.clip_eps_high < a.clip_eps:
             raise ConfigError(f"algorithm.clip_eps_high={a.clip_eps_high} must be >= algorithm.clip_eps={a.clip_eps}")
+    t = cfg.get("tracking")
+    if t is not None and t.get("name") == "server" and not t.get("uri") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError("tracking=server needs the server's URL: tracking.uri=http://host:port "
+                          "(or the environment variable MLFLOW_TRACKING_URI)")
+    hw = cfg.get("hardware")
+    if a is not None and hw is not None and "minibatch_size" in a:
+        _check_data_parallel(a, hw)
     m = cfg.get("model")
     if m is not None and "hidden_size" in m and "num_heads" in m and m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
-    if m is not None and m.get("name") == "hf":
-        from pathlib import Path
+    if m is not None and m.get("name") in SCHEMAS["model"] and "name_or_path" in m:
+        from rlexp.config.paths import ModelPathError, resolve_gguf_file, resolve_model_dir
 
-        path = Path(str(m.name_or_path)).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"model.name_or_path={m.name_or_path}: no such directory "
-                              f"(models load from local directories only)")
+        try:  # a directory, or pkg://<module>; and the GGUF file in it when model.gguf_file is set
+            if m.get("gguf_file"):
+                resolve_gguf_file(m.name_or_path, m.gguf_file)
+            else:
+                resolve_model_dir(m.name_or_path)
+        except ModelPathError as e:
+            raise ConfigError(str(e)) from None
+    if m is not None and m.get("lora") is not None and m.lora.enabled:
+        _check_lora(m.lora)
     t = cfg.get("task")
     if t is not None and "min_operand" in t and t.max_operand < t.min_operand:
         raise ConfigError(f"task.max_operand={t.max_operand} must be >= task.min_operand={t.min_operand}")

@@ -18,7 +18,7 @@ from .advantages import (
     rloo_advantages,
     zero_std_groups,
 )
-from .aggregation import AGGREGATIONS, aggregate
+from .aggregation import AGGREGATIONS, aggregate, aggregation_denominator
 from .dpo import DPO_LOSSES, dpo_loss
 from .kl import KL_ESTIMATORS, kl_estimate
 from .logprobs import entropy_from_logits, logprobs_from_logits
@@ -36,7 +36,7 @@ __all__ = [
     "POLICY_LOSSES",
     "AdvantageEstimator",
     "Registry",
-    "aggregate",
+    "aggregate", "aggregation_denominator",
     "cispo_policy_loss",
     "dpo_loss",
     "entropy_from_logits",

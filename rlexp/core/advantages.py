@@ -57,10 +57,12 @@ class AdvantageEstimator:
         group_size: int = 1,
         scale: str = "group",
         eps: float = 1e-6,
+        all_reduce=None,
     ) -> tuple[Tensor, Tensor]:
-        """rewards, values, mask: ``[B, T]`` -> ``(advantages, returns)``, both ``[B, T]``."""
+        """rewards, values, mask: ``[B, T]`` -> ``(advantages, returns)``, both ``[B, T]``.
+        ``all_reduce`` sums a tensor over data-parallel workers, for batch-level statistics."""
         return self.fn(rewards, values, mask, gamma=gamma, lam=lam,
-                       group_size=group_size, scale=scale, eps=eps)
+                       group_size=group_size, scale=scale, eps=eps, all_reduce=all_reduce)
 
 
 def _register(name: str, needs_critic: bool, uses: frozenset[str]):
@@ -154,13 +156,14 @@ def group_pass_rate(scores: Tensor, group_size: int, threshold: float = 1.0) -> 
 
 
 def group_advantages(
-    scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6
+    scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6, all_reduce=None
 ) -> Tensor:
     """GRPO-style group-relative advantages ``A_i = (s_i - mean_g) / D``.
 
     ``D`` by ``scale``: ``"group"`` -> ``std_g + eps`` (unbiased std of the ``G`` scores
     of i's group; needs ``G >= 2``), ``"batch"`` -> ``std(all B scores) + eps`` (unbiased;
-    0 if ``B < 2``; ScaleRL batch-level normalization), ``"none"`` -> 1 (Dr. GRPO).
+    0 if ``B < 2``; ScaleRL batch-level normalization; over all data-parallel workers when
+    ``all_reduce``, a function summing a tensor over them, is given), ``"none"`` -> 1 (Dr. GRPO).
     Groups of exactly equal scores get ``A = 0`` exactly (no rounding noise).
     scores: ``[B]`` (float or int), ``B % G == 0`` -> ``[B]`` float, no gradient.
     """
@@ -177,6 +180,12 @@ def group_advantages(
         centered = g - g.mean(dim=-1, keepdim=True)
         if scale == "group":
             centered = centered / (g.std(dim=-1, keepdim=True) + eps)
+        elif scale == "batch" and all_reduce is not None:
+            n = all_reduce(torch.tensor(float(s.shape[0]), dtype=s.dtype, device=s.device))
+            mean = all_reduce(s.sum()) / n
+            var = all_reduce(((s - mean) ** 2).sum()) / (n - 1).clamp(min=1)
+            std = torch.where(n >= 2, var.sqrt(), torch.zeros_like(var))
+            centered = centered / (std + eps)
         elif scale == "batch":
             std = s.std() if s.shape[0] >= 2 else torch.zeros((), dtype=s.dtype, device=s.device)
             centered = centered / (std + eps)
@@ -214,11 +223,11 @@ def _broadcast(adv_b: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @_register("grpo", needs_critic=False, uses=frozenset({"adv_scale", "adv_eps"}))
-def _grpo_estimator(rewards, values, mask, *, group_size, scale, eps, **_unused):
+def _grpo_estimator(rewards, values, mask, *, group_size, scale, eps, all_reduce=None, **_unused):
     """GRPO (Shao et al., 2024): ``Â_{b,t} = group_advantages(s, G, scale, eps)_b``."""
     with torch.no_grad():
         return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size,
-                                           scale, eps), mask)
+                                           scale, eps, all_reduce=all_reduce), mask)
 
 
 @_register("dr_grpo", needs_critic=False, uses=frozenset())

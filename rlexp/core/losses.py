@@ -96,6 +96,7 @@ def ppo_policy_loss(
     *,
     group_size: int | None = None,
     max_len: int | None = None,
+    denominator: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al., 2017) with asymmetric and dual clip.
 
@@ -117,7 +118,7 @@ def ppo_policy_loss(
     ratio = torch.exp(log_ratio)
     per_token, metrics = clipped_surrogate(ratio, adv, m, eps_low, eps_high, dual_clip)
     metrics.update(ratio_metrics(ratio, log_ratio, m))
-    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len, denominator=denominator)
     return loss, metrics
 
 
@@ -131,6 +132,7 @@ def value_loss(
     *,
     group_size: int | None = None,
     max_len: int | None = None,
+    denominator: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Critic regression loss, optionally value-clipped (PPO2-style).
 
@@ -160,5 +162,5 @@ def value_loss(
         per_token = 0.5 * torch.maximum(sq, sq_clip)
         clipfrac = _frac(sq_clip > sq, m, dtype)
     metrics = {"vf_clipfrac": clipfrac, "value_mean": masked_mean(v, m).detach()}
-    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len, denominator=denominator)
     return loss, metrics

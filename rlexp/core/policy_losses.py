@@ -31,6 +31,7 @@ def gspo_policy_loss(
     *,
     group_size: int | None = None,
     max_len: int | None = None,
+    denominator: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GSPO-token (Zheng et al., 2025): PPO clipping on a sequence-level ratio.
 
@@ -58,7 +59,7 @@ def gspo_policy_loss(
     per_token, metrics = clipped_surrogate(seq_ratio, adv, m, eps_low, eps_high, dual_clip)
     metrics["approx_kl"] = ratio_metrics(torch.exp(log_ratio), log_ratio, m)["approx_kl"]
     metrics["is_ratio_mean"] = masked_mean(seq_ratio.detach(), m)
-    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len, denominator=denominator)
     return loss, metrics
 
 
@@ -75,6 +76,7 @@ def cispo_policy_loss(
     *,
     group_size: int | None = None,
     max_len: int | None = None,
+    denominator: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """CISPO (MiniMax-M1, 2025; ScaleRL, Khatri et al., 2025): clipped IS-weight REINFORCE.
 
@@ -109,5 +111,5 @@ def cispo_policy_loss(
         "dual_clipfrac": torch.zeros((), dtype=dtype, device=per_token.device),
         **ratio_metrics(ratio, log_ratio, m),
     }
-    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len)
+    loss = aggregate(per_token, m, agg, group_size=group_size, max_len=max_len, denominator=denominator)
     return loss, metrics

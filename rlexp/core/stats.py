@@ -62,16 +62,26 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return torch.where(n >= 2, var, torch.zeros_like(var))
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce=None) -> Tensor:
     """``(x - μ) / sqrt(σ² + eps)`` with μ, σ² (unbiased) over masked elements.
 
     If ``shift_mean`` is False the mean is added back: ``(x - μ)/sqrt(σ² + eps) + μ``.
+    ``all_reduce``: a function summing a tensor over data-parallel workers (None: this batch only), so
+    that μ and σ² are those of the global batch.
     x, mask: same shape; returns ``x``'s shape, exactly 0 at masked-out positions.
     """
     m = as_bool_mask(mask)
     xz = masked_fill_zero(x, m)
-    mean = masked_mean(xz, m)
-    var = masked_var(xz, m, unbiased=True)
+    if all_reduce is None:
+        mean = masked_mean(xz, m)
+        var = masked_var(xz, m, unbiased=True)
+    else:
+        n = all_reduce(masked_count(m, xz.dtype))
+        mean = all_reduce(xz.sum()) / n.clamp(min=1)
+        dev = masked_fill_zero(xz - mean, m)
+        var = all_reduce((dev * dev).sum()) / (n - 1).clamp(min=1)
+        var = torch.where(n >= 2, var, torch.zeros_like(var))
     out = (xz - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

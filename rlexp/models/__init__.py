@@ -2,18 +2,23 @@
 
 - ``tokenizer``: the embedded character tokenizer;
 - ``tiny``: the embedded tiny Llama-style model;
-- ``loading``: loading any local HF causal-LM directory (the one path every model takes);
+- ``loading``: loading any local HF causal-LM directory or GGUF file (the one path every model takes);
+- ``lora``: LoRA adapters (PEFT) and activation checkpointing;
 - ``value``: the critic, a causal-LM trunk with a scalar value head;
 - ``forward``: log-probabilities / values at response positions of a prompt+response batch.
 """
 from rlexp.models.forward import response_logits, response_logprobs, response_values, sequence_inputs
-from rlexp.models.loading import ModelLoadError, disable_dropout, load_causal_lm, load_tokenizer
+from rlexp.models.loading import (
+    ModelLoadError, disable_dropout, load_causal_lm, load_tokenizer, source_gguf_file, without_quantization,
+)
+from rlexp.models.lora import apply_lora, enable_gradient_checkpointing, is_lora, reference_forward
 from rlexp.models.tiny import build_tiny_model
 from rlexp.models.tokenizer import build_char_tokenizer
 from rlexp.models.value import ValueModel
 
 __all__ = [
-    "ModelLoadError", "ValueModel", "build_char_tokenizer", "build_tiny_model", "disable_dropout",
-    "load_causal_lm", "load_tokenizer", "response_logits", "response_logprobs", "response_values",
-    "sequence_inputs",
+    "ModelLoadError", "ValueModel", "apply_lora", "build_char_tokenizer", "build_tiny_model", "disable_dropout",
+    "enable_gradient_checkpointing", "is_lora", "load_causal_lm", "load_tokenizer", "reference_forward",
+    "response_logits", "response_logprobs", "response_values", "sequence_inputs", "source_gguf_file",
+    "without_quantization",
 ]

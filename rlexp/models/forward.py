@@ -25,7 +25,9 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32:
     """Logits ``[B, T, V]`` scoring each response token.
 
     ``fp32=True`` computes the LM head itself in float32 (ScaleRL's FP32 logits: the matmul, not only its
-    output, in full precision), applying Gemma-style final soft-capping when the config has it.
+    output, in full precision), applying Gemma-style final soft-capping when the config has it. A PEFT
+    (LoRA) model is unwrapped to its causal LM, whose LoRA layers then act as they are set (enabled, or
+    disabled inside ``model.disable_adapter()``).
     """
     P, T = prompt_ids.shape[1], response_ids.shape[1]
     input_ids, attention_mask, position_ids = sequence_inputs(prompt_ids, prompt_mask, response_ids, mask)
@@ -33,13 +35,14 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=False, logits_to_keep=T + 1)
         return out.logits[:, :-1]
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]   # [B, T, H]
-    head = model.get_output_embeddings()
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: its LoRA layers sit inside
+    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]   # [B, T, H]
+    head = lm.get_output_embeddings()
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         logits = F.linear(hidden.float(), head.weight.float(),
                           None if head.bias is None else head.bias.float())        # [B, T, V]
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits

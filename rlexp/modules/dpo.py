@@ -8,7 +8,8 @@ goes over the pairs epoch by epoch in a seeded order):
    ONE forward pass of the policy: ``log π_θ(y|x)`` summed over completion tokens (EOS included);
 2. the reference's ``log π_ref(y|x)`` come from a cache computed once for the whole dataset before
    the first update (``precompute_ref_logps: true``) — the policy *is* the reference then, so no
-   reference model is kept at all — or from a frozen copy of the starting policy run every step;
+   reference model is kept at all — or from a frozen copy of the starting policy run every step
+   (with LoRA: the policy with its adapters disabled, no copy);
 3. ``loss = mean_b ℓ(Δ_b)`` from ``rlexp.core.dpo_loss`` (``loss_type``, ``beta``,
    ``label_smoothing``); metrics: the implicit rewards ``β·(log π_θ - log π_ref)`` of chosen and
    rejected, their margin and how often chosen > rejected.
@@ -27,6 +28,7 @@ import lightning as L
 import torch
 
 from rlexp import core
+from rlexp.models import reference_forward
 from rlexp.modules.offline import OfflineRunMixin, seeded, sequence_logprobs, step_loader
 from rlexp.modules.preference_data import PreferencePair, generate_preferences, to_jsonl
 from rlexp.modules.sft import warmup_adamw
@@ -40,7 +42,7 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
     def __init__(self, *, algo, model, tokenizer, task, pairs: list[PreferencePair] | None = None,
                  skipped: list[str] | None = None, reference=None, rollout=None, seed: int = 0, max_steps: int = 1,
                  eval_every: int = 1, num_samples_logged: int = 0, max_new_tokens: int = 8,
-                 fp32_logits: bool = True):
+                 fp32_logits: bool = True, lora_reference: bool = False):
         super().__init__()
         self.algo, self.model, self.rollout_cfg = algo, model, rollout
         self.fp32_logits = fp32_logits
@@ -48,9 +50,10 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
                       num_samples_logged=num_samples_logged, max_new_tokens=max_new_tokens,
                       max_grad_norm=algo.max_grad_norm)
         core.DPO_LOSSES.get(algo.loss_type)  # an unknown name fails here, listing the valid ones
-        if not algo.precompute_ref_logps and reference is None:
+        if not algo.precompute_ref_logps and reference is None and not lora_reference:
             raise ValueError("algorithm.precompute_ref_logps=false needs a reference model")
         self.reference = reference
+        self.lora_reference = lora_reference  # the reference is the (PEFT) policy with its adapters disabled
         if reference is not None:
             reference.requires_grad_(False).eval()
         self.pairs = pairs                      # None: generated in on_fit_start
@@ -82,7 +85,8 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
         """``B`` pair indices -> ``2B`` rows: chosen rows ``[0, B)``, then rejected rows ``[B, 2B)``."""
         rows = [self.pairs[i] for i in indices]
         prompt_ids, prompt_mask, response_ids, mask = collate_supervised(
-            self.tokenizer, [p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows])
+            self.tokenizer, [p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
+            chat_template=self.task.chat_template)
         return {"index": torch.tensor(indices, dtype=torch.long), "prompt_ids": prompt_ids,
                 "prompt_mask": prompt_mask, "response_ids": response_ids, "mask": mask}
 
@@ -92,6 +96,14 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
                                   batch["mask"], fp32=self.fp32_logits)
         B = batch["index"].shape[0]
         return logps[:B], logps[B:]
+
+    @torch.no_grad()
+    def _reference_logps(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log π_ref`` of chosen and rejected: the frozen copy, or the policy with its LoRA adapters disabled."""
+        if not self.lora_reference:
+            return self._logps(self.reference, batch)
+        with reference_forward(self.model):
+            return self._logps(self.model, batch)
 
     @torch.no_grad()
     def _cache_reference_logps(self) -> None:
@@ -133,8 +145,7 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
             idx = batch["index"].to(self.ref_logps[0].device)
             ref_chosen, ref_rejected = self.ref_logps[0][idx], self.ref_logps[1][idx]
         else:
-            with torch.no_grad():
-                ref_chosen, ref_rejected = self._logps(self.reference, batch)
+            ref_chosen, ref_rejected = self._reference_logps(batch)
         losses, chosen_rewards, rejected_rewards = core.dpo_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, a.beta, a.loss_type, a.label_smoothing)
         loss = losses.mean()

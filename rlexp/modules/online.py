@@ -5,8 +5,9 @@ One ``training_step`` is one RL iteration, written top to bottom like the papers
 1. rollout — the actor samples ``num_generations`` completions for each of ``prompts_per_step``
    prompts (``generate`` with KV cache), no grad; DAPO's dynamic sampling redraws prompts whose
    group has no reward variance; DAPO's overlong shaping adds a length penalty to the score;
-2. scoring — old log-probs, reference log-probs (only if ``kl_coef > 0``) and values (only if the
-   advantage estimator needs a critic) in no-grad passes;
+2. scoring — old log-probs, reference log-probs (only if ``kl_coef > 0``; from a frozen copy, or with
+   LoRA from the actor with its adapters disabled) and values (only if the advantage estimator needs a
+   critic) in no-grad passes;
 3. token rewards ``r_t = -β·k(logπ_old, logπ_ref) + task reward_t`` (KL ``in_reward``);
 4. advantages from the registered estimator (``gae``, ``grpo``, ``dr_grpo``, ``rloo``), optionally
    whitened; rows left out of the loss (zero-variance groups, truncated completions) get a zero
@@ -31,7 +32,7 @@ import lightning as L
 import torch
 
 from rlexp import core
-from rlexp.models import response_logits, response_values
+from rlexp.models import reference_forward, response_logits, response_values
 from rlexp.modules.data import step_generator
 from rlexp.modules.record import RunRecorder
 from rlexp.rollout import PromptPool, collect_groups, generate_rollout
@@ -46,13 +47,16 @@ _UPDATE_KEYS = _ROW_KEYS + ("response_ids", "mask", "loss_mask", "old_logprobs",
 class OnlineRLModule(RunRecorder, L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
                  max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
-                 max_bad_steps: int = 3):
+                 max_bad_steps: int = 3, micro_batch_size: int | None = None, lora_reference: bool = False):
         super().__init__()
         self.automatic_optimization = False
         self.algo, self.rollout_cfg = algo, rollout
         self.actor, self.critic, self.reference = actor, critic, reference
         if reference is not None:
             reference.requires_grad_(False).eval()
+        # lora_reference: the reference is the (PEFT) actor with its adapters disabled, no second model
+        self.lora_reference = lora_reference
+        self.has_reference = reference is not None or lora_reference
         self.tokenizer, self.task = tokenizer, task
         self.seed, self.max_steps, self.eval_every = seed, max_steps, eval_every
         self.num_samples_logged, self.fp32_logits = num_samples_logged, fp32_logits
@@ -64,6 +68,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         self.max_new_tokens = rollout.max_new_tokens or task.max_new_tokens
         self.iteration = 0
         self.max_bad_steps, self.skipped_steps = max_bad_steps, 0
+        self.micro_batch_size = micro_batch_size  # rows per backward (gradient accumulation); None = minibatch
         self.bad_steps: dict[str, int] = {}  # consecutive non-finite steps, per optimized quantity
         self.total_tokens = 0.0   # cumulative generated tokens (the compute axis of the ScaleRL fit)
         self.total_seconds = 0.0  # cumulative seconds spent in training_step
@@ -92,8 +97,21 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
 
     # ------------------------------------------------------------------ step 1: rollout
     def sample_prompts(self, iteration: int, draw: int = 0):
-        idx = self.pool.draw(self.algo.prompts_per_step, iteration, draw)
+        """This worker's prompts: its contiguous share of the iteration's global draw (distinct prompts
+        across workers; whole groups stay on one worker, since each worker generates its own groups)."""
+        rank, ws = self.world
+        n = self.algo.prompts_per_step // ws
+        idx = self.pool.draw(self.algo.prompts_per_step, iteration, draw)[rank * n:(rank + 1) * n]
         return [self.task.train_examples[i] for i in idx], idx
+
+    @property
+    def local_minibatch_size(self) -> int:
+        """``algorithm.minibatch_size`` counts completions over all workers; this worker's share."""
+        return self.algo.minibatch_size // self.world[1]
+
+    def _reduce(self):
+        """The all-reduce handed to core functions with batch-level statistics (None: one worker)."""
+        return self.all_sum if self.world[1] > 1 else None
 
     def _generate(self, draw: int):
         a, r = self.algo, self.rollout_cfg
@@ -126,8 +144,16 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         ``logπ_old`` before the update. The rollout entropy and KL diagnostics then come from the same pass.
         """
         a = self.algo
-        kl_in_reward = self.reference is not None and a.kl_placement == "in_reward"
-        return a.ppo_epochs == 1 and a.minibatch_size >= batch_size and not kl_in_reward
+        kl_in_reward = self.has_reference and a.kl_placement == "in_reward"
+        return a.ppo_epochs == 1 and self.local_minibatch_size >= batch_size and not kl_in_reward
+
+    def _reference_logits(self, tensors: dict) -> torch.Tensor:
+        """Logits ``[B, T, V]`` of the reference policy: the frozen copy, or the actor with its LoRA adapters
+        disabled (its base weights, which never train)."""
+        if not self.lora_reference:
+            return response_logits(self.reference, **tensors, fp32=self.fp32_logits)
+        with reference_forward(self.actor):
+            return response_logits(self.actor, **tensors, fp32=self.fp32_logits)
 
     @torch.no_grad()
     def make_experience(self, batch) -> dict[str, torch.Tensor]:
@@ -141,8 +167,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             d["rollout_entropy"] = core.entropy_from_logits(logits)
             del logits
         rewards = batch.token_rewards.clone()
-        if self.reference is not None:
-            ref_logits = response_logits(self.reference, **batch.tensors(), fp32=self.fp32_logits)
+        if self.has_reference:
+            ref_logits = self._reference_logits(batch.tensors())
             d["ref_logprobs"] = core.logprobs_from_logits(ref_logits, d["response_ids"])
             del ref_logits
             if "old_logprobs" in d:  # single pass: the KL diagnostic is filled in by the update
@@ -153,11 +179,12 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                   else torch.zeros_like(mask))
         d["old_values"], d["rewards"] = values, rewards
         advantages, returns = self.estimator(rewards, values, mask, gamma=a.gamma, lam=a.lam, group_size=G,
-                                             scale=a.adv_scale, eps=a.adv_eps)
+                                             scale=a.adv_scale, eps=a.adv_eps, all_reduce=self._reduce())
         d["raw_advantages"], d["returns"] = advantages, returns
         if self.estimator.needs_critic:  # λ diagnostics: GAE(λ) against Monte-Carlo (λ=1) on the same rollouts
             d["mc_advantages"], _ = core.gae(rewards, values, mask, a.gamma, 1.0)
-        d["advantages"] = core.masked_whiten(advantages, mask) if a.whiten_advantages else advantages
+        d["advantages"] = (core.masked_whiten(advantages, mask, all_reduce=self._reduce()) if a.whiten_advantages
+                           else advantages)
         keep = torch.ones(batch.size, dtype=torch.bool, device=mask.device)
         if G > 1:
             zero_std = core.zero_std_groups(batch.scores, G).repeat_interleave(G)  # per row: [B]
@@ -170,10 +197,13 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         return d
 
     # ------------------------------------------------------------------ step 5: update
-    def _minibatch_loss(self, mb: dict) -> tuple[torch.Tensor, dict]:
+    def _minibatch_loss(self, mb: dict, denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The actor's loss on ``mb``; ``denominator``: the aggregation denominator of the whole
+        minibatch over all workers (see `_denominator`), None = ``mb``'s own."""
         a = self.algo
         mask = mb["loss_mask"]
         agg = dict(agg=a.loss_agg, group_size=a.num_generations, max_len=self.max_new_tokens)
+        red = dict(group_size=agg["group_size"], max_len=agg["max_len"], denominator=denominator)
         logits = response_logits(self.actor, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["mask"],
                                  fp32=self.fp32_logits)
         logprobs = core.logprobs_from_logits(logits, mb["response_ids"])
@@ -181,35 +211,39 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             mb["old_logprobs"] = logprobs.detach()
         loss, metrics = self.policy_loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mask,
                                             clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high,
-                                            dual_clip=a.dual_clip, **agg)
+                                            dual_clip=a.dual_clip, denominator=denominator, **agg)
         metrics = {"policy_loss": loss.detach(), **metrics}
         if a.entropy_coef > 0:
             entropy = core.entropy_from_logits(logits)
-            loss = loss - a.entropy_coef * core.aggregate(entropy, mask, a.loss_agg, group_size=agg["group_size"],
-                                                          max_len=agg["max_len"])
+            loss = loss - a.entropy_coef * core.aggregate(entropy, mask, a.loss_agg, **red)
         else:
             with torch.no_grad():
                 entropy = core.entropy_from_logits(logits.detach())
         mb["entropy"] = entropy.detach()
         metrics["entropy"] = core.masked_mean(mb["entropy"], mb["mask"])
-        if self.reference is not None and a.kl_placement == "in_loss":
+        if self.has_reference and a.kl_placement == "in_loss":
             kl = core.kl_estimate(logprobs, mb["ref_logprobs"], a.kl_estimator)
-            kl_loss = core.aggregate(kl, mask, a.loss_agg, group_size=agg["group_size"], max_len=agg["max_len"])
+            kl_loss = core.aggregate(kl, mask, a.loss_agg, **red)
             loss = loss + a.kl_coef * kl_loss
             metrics["kl_loss"] = kl_loss.detach()
         return loss, metrics
 
-    def _step(self, opt, loss: torch.Tensor, params, name: str) -> torch.Tensor:
-        """One optimizer step, not applied when the loss or the gradient is NaN/Inf; more than
-        ``max_bad_steps`` such steps in a row stop the run with an error naming the quantity."""
-        opt.zero_grad(set_to_none=True)
-        bad = None
-        if not torch.isfinite(loss):
-            bad = f"{name} is {loss.item()}"
-        else:
-            self.manual_backward(loss)
+    def _backward(self, loss: torch.Tensor, name: str) -> str | None:
+        """Backward of one (micro-)batch loss, unless it is NaN/Inf on any worker (then every worker skips
+        the step together); returns why the step must be skipped, None when it may go on."""
+        finite = self.all_min(torch.isfinite(loss.detach()).float().reshape(1))
+        if finite.item() < 1:
+            return f"{name} is {loss.item()}" if not torch.isfinite(loss) else f"{name} is non-finite on another worker"
+        self.manual_backward(loss)
+        return None
+
+    def _optimizer_step(self, opt, params, name: str, bad: str | None) -> torch.Tensor:
+        """Clip and apply the accumulated gradient; not applied when ``bad`` or the gradient norm is
+        NaN/Inf. More than ``max_bad_steps`` such steps in a row stop the run with an error naming the
+        quantity."""
+        if bad is None:
             max_norm = self.algo.max_grad_norm if self.algo.max_grad_norm is not None else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # DDP: gradients already averaged
             if not torch.isfinite(grad_norm):
                 bad = f"the gradient norm of {name} is {grad_norm.item()}"
         if bad is not None:
@@ -226,51 +260,104 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
 
     def _minibatches(self, B: int, g: torch.Generator):
         """Row indices of each minibatch; whole groups are kept together when the size allows."""
-        a, G = self.algo, self.algo.num_generations
-        if G > 1 and a.minibatch_size % G == 0:
+        G, size = self.algo.num_generations, self.local_minibatch_size
+        if G > 1 and size % G == 0:
             groups = torch.randperm(B // G, generator=g)
             order = (groups[:, None] * G + torch.arange(G)[None, :]).flatten()
         else:
             order = torch.randperm(B, generator=g)
-        return [order[s:s + a.minibatch_size] for s in range(0, B, a.minibatch_size)]
+        return [order[s:s + size] for s in range(0, B, size)]
+
+    @staticmethod
+    def _take(d: dict, idx: torch.Tensor) -> dict:
+        """Rows ``idx`` of the update tensors, trimmed to the longest completion among them."""
+        T = max(int(d["mask"][idx].sum(1).max().item()), 1)
+        return {k: d[k][idx] if k in _ROW_KEYS else d[k][idx, :T] for k in _UPDATE_KEYS if k in d}
+
+    def _micro_slices(self, n: int) -> list[torch.Tensor]:
+        """Row ranges of the micro-batches of a minibatch of ``n`` rows (one range without micro-batching)."""
+        size = self.micro_batch_size or n
+        return [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+
+    def _denominator(self, mask: torch.Tensor, mode: str) -> torch.Tensor:
+        """The minibatch's aggregation denominator summed over workers, divided by their number (DDP
+        averages the workers' gradients): every worker's ``numerator / this`` adds up to the loss of the
+        global minibatch, and so do the micro-batches' within a worker."""
+        den = core.aggregation_denominator(mask, mode, group_size=self.algo.num_generations)
+        return self.all_sum(den) / self.world[1]
+
+    @staticmethod
+    def _combine(parts: list[dict]) -> dict:
+        """One minibatch's metrics from its micro-batches': losses add up (each is numerator / the whole
+        minibatch's denominator), the other metrics are averaged."""
+        if len(parts) == 1:
+            return parts[0]
+        summed = ("policy_loss", "kl_loss", "value_loss")
+        return {k: torch.stack([p[k] for p in parts]).sum() if k in summed else torch.stack([p[k] for p in parts]).mean()
+                for k in parts[0]}
 
     def _fill_rollout_stats(self, exp: dict, idx: torch.Tensor, mb: dict) -> None:
         """Scatter the single pass's log-probs and entropy (rows ``idx``, first ``T`` positions) into ``exp``
         as ``old_logprobs``/``rollout_entropy``, and the KL to the reference, as `make_experience` would."""
         T = mb["old_logprobs"].shape[1]
         for src, dst in (("old_logprobs", "old_logprobs"), ("entropy", "rollout_entropy")):
-            full = torch.zeros_like(exp["mask"])
-            full[idx, :T] = mb[src].to(full.dtype)
-            exp[dst] = full
+            if dst not in exp:
+                exp[dst] = torch.zeros_like(exp["mask"])
+            exp[dst][idx, :T] = mb[src].to(exp[dst].dtype)
         if "ref_logprobs" in exp:
             exp["kl"] = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], self.algo.kl_estimator) * exp["mask"]
 
     def update(self, exp: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """``ppo_epochs`` passes of shuffled minibatches; returns every minibatch's metrics."""
+        """``ppo_epochs`` passes of shuffled minibatches, each one optimizer step of the actor (and one of
+        the critic) accumulated over micro-batches; returns every minibatch's metrics."""
         a = self.algo
         opts = self._optimizers()
         g = step_generator(self.seed, self.iteration, salt=1)
         acc: dict[str, list[torch.Tensor]] = defaultdict(list)
+        fill = "old_logprobs" not in exp  # single pass: the rollout diagnostics come from the update's forward
+        actor_params = list(self.actor.parameters())
         for _ in range(a.ppo_epochs):
             for idx in self._minibatches(exp["mask"].shape[0], g):
                 idx = idx.to(exp["mask"].device)
-                T = max(int(exp["mask"][idx].sum(1).max().item()), 1)  # trim to the longest completion
-                mb = {k: exp[k][idx] if k in _ROW_KEYS else exp[k][idx, :T] for k in _UPDATE_KEYS if k in exp}
-                loss, metrics = self._minibatch_loss(mb)
-                if "old_logprobs" not in exp:  # single pass: the rollout diagnostics come from this forward
-                    self._fill_rollout_stats(exp, idx, mb)
-                metrics["grad_norm"] = self._step(opts[0], loss, list(self.actor.parameters()), "train/policy_loss")
+                mb = self._take(exp, idx)
+                micro = [r.to(idx.device) for r in self._micro_slices(idx.shape[0])]
+                den = self._denominator(mb["loss_mask"], a.loss_agg)
+                opts[0].zero_grad(set_to_none=True)
+                parts, bad = [], None
+                for rows in micro:
+                    m = self._take(mb, rows) if len(micro) > 1 else mb
+                    loss, metrics = self._minibatch_loss(m, den)
+                    if fill:
+                        self._fill_rollout_stats(exp, idx[rows], m)
+                    parts.append(metrics)
+                    bad = self._backward(loss, "train/policy_loss")
+                    if bad:
+                        break
+                metrics = self._combine(parts)
+                metrics["grad_norm"] = self._optimizer_step(opts[0], actor_params, "train/policy_loss", bad)
                 if self.critic is not None:
-                    values = response_values(self.critic, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"],
-                                             mb["mask"])
-                    vloss, vmetrics = core.value_loss(values, mb["old_values"], mb["returns"], mb["loss_mask"],
-                                                      clip_eps=a.value_clip_eps)
-                    metrics.update(vmetrics, value_loss=vloss.detach())
-                    metrics["critic_grad_norm"] = self._step(opts[1], vloss, list(self.critic.parameters()),
-                                                             "train/value_loss")
+                    metrics.update(self._critic_step(opts[1], mb, micro))
                 for k, v in metrics.items():
                     acc[k].append(v.float())
         return acc
+
+    def _critic_step(self, opt, mb: dict, micro: list[torch.Tensor]) -> dict:
+        """One optimizer step of the critic on minibatch ``mb`` (token-mean over all workers' tokens)."""
+        den = self._denominator(mb["loss_mask"], "token-mean")
+        opt.zero_grad(set_to_none=True)
+        parts, bad = [], None
+        for rows in micro:
+            m = self._take(mb, rows) if len(micro) > 1 else mb
+            values = response_values(self.critic, m["prompt_ids"], m["prompt_mask"], m["response_ids"], m["mask"])
+            vloss, vmetrics = core.value_loss(values, m["old_values"], m["returns"], m["loss_mask"],
+                                              clip_eps=self.algo.value_clip_eps, denominator=den)
+            parts.append({**vmetrics, "value_loss": vloss.detach()})
+            bad = self._backward(vloss, "train/value_loss")
+            if bad:
+                break
+        metrics = self._combine(parts)
+        metrics["critic_grad_norm"] = self._optimizer_step(opt, list(self.critic.parameters()), "train/value_loss", bad)
+        return metrics
 
     # ------------------------------------------------------------------ one RL iteration
     def training_step(self, iteration, batch_idx):
@@ -286,6 +373,11 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             rate = core.group_pass_rate(batch.scores, a.num_generations, a.pass_reward)
             solved = [batch.prompt_index[g * a.num_generations] for g in (rate >= a.pass_rate_threshold).nonzero()
                       .flatten().tolist()]
+            if self.world[1] > 1:  # every worker removes every worker's solved prompts: the pools stay equal
+                import torch.distributed as dist
+                gathered = [None] * self.world[1]
+                dist.all_gather_object(gathered, solved)
+                solved = [i for part in gathered for i in part]
             before = self.pool.size
             self.pool.remove(solved)
             removed = before - self.pool.size
@@ -304,6 +396,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                         "perf/generate_tokens_per_second": n_tokens / max(t_gen, 1e-9)})
         if signal_frac is not None:
             metrics["train/drawn_groups_with_signal"] = signal_frac
+        metrics = self.all_mean_metrics(metrics)  # averaged over workers before logging (rank 0 logs)
         done = self.iteration + 1
         self._log(metrics, done)
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)

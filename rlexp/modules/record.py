@@ -8,10 +8,47 @@ explicit step. The module provides ``policy_model``, ``tokenizer``, ``task``, ``
 """
 from __future__ import annotations
 
+import torch
+
 from rlexp.rollout import evaluate
 
 
 class RunRecorder:
+    # ------------------------------------------------------------------ data parallelism
+    @property
+    def world(self) -> tuple[int, int]:
+        """``(rank, world size)`` of this process; ``(0, 1)`` outside a distributed run."""
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all workers (a detached copy; ``t`` itself when there is one worker)."""
+        if self.world[1] == 1:
+            return t
+        import torch.distributed as dist
+        out = t.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def all_min(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world[1] == 1:
+            return t
+        import torch.distributed as dist
+        out = t.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+        return out
+
+    def all_mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Each metric averaged over the workers (every worker logs the same keys)."""
+        if self.world[1] == 1:
+            return metrics
+        keys = sorted(metrics)
+        vals = self.all_sum(torch.tensor([metrics[k] for k in keys], dtype=torch.float64,
+                                         device=self.device)) / self.world[1]
+        return dict(zip(keys, vals.tolist()))
+
     def init_record(self) -> None:
         self.history: list[dict] = []
         self.pending_samples: list[tuple[int, list[dict]]] = []
@@ -24,10 +61,17 @@ class RunRecorder:
 
     def run_eval(self, step: int) -> dict:
         """Greedy evaluation of ``policy_model`` on the task's held-out prompts, logged at ``step``."""
-        res = evaluate(self.policy_model, self.tokenizer, self.task, self.task.eval_examples,
-                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged)
+        rank, ws = self.world
+        examples = self.task.eval_examples[rank::ws]  # each worker its share; the sums are reduced
+        res = evaluate(self.policy_model, self.tokenizer, self.task, examples,
+                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged if rank == 0 else 0)
         metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
                    "eval/response_length": res.response_length}
+        if ws > 1:
+            n = float(len(examples))
+            sums = self.all_sum(torch.tensor([res.reward_mean * n, res.accuracy * n, res.response_length * n, n],
+                                             dtype=torch.float64, device=self.device)).tolist()
+            metrics = {k: v / max(sums[3], 1.0) for k, v in zip(metrics, sums[:3])}
         self.last_eval = {"step": step, **metrics}
         if res.samples:
             self.pending_samples.append((step, res.samples))

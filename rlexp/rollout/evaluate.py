@@ -20,19 +20,21 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_tokens: int,
              batch_size: int = 256, num_samples: int = 0) -> EvalResult:
-    """Greedy-decode every example; ``accuracy`` = completion text equals the target and ended with EOS."""
+    """Greedy-decode every example; ``accuracy``: the share the task judges correct (``task.is_correct``;
+    by default the completion text equals the target and ended with EOS)."""
     was_training = model.training
     model.eval()
     rewards, correct, lengths, samples = [], [], [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
-                                                    max_new_tokens=max_new_tokens, do_sample=False)
+                                                    max_new_tokens=max_new_tokens, do_sample=False,
+                                                    chat_template=task.chat_template)
         _, scores, texts = score(task, tokenizer, chunk, response_ids, mask, finished)
         rewards += scores.tolist()
         lengths += mask.sum(1).tolist()
         for e, text, done, s in zip(chunk, texts, finished.tolist(), scores.tolist()):
-            correct.append(float(done and text == e.target))
+            correct.append(float(task.is_correct(e, text, done)))
             if len(samples) < num_samples:
                 samples.append({"prompt": e.prompt, "completion": text, "target": e.target, "reward": s})
     model.train(was_training)

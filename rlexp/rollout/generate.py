@@ -20,15 +20,23 @@ def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool,
-           temperature: float = 1.0, top_p: float = 1.0):
-    """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings."""
+           temperature: float = 1.0, top_p: float = 1.0, chat_template: bool = False):
+    """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings.
+
+    Generation runs in eval mode (then the model's mode is restored): a model with activation
+    checkpointing drops its KV cache in train mode."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template)
     gen = GenerationConfig(
         do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
         top_k=0 if do_sample else None, max_new_tokens=max_new_tokens, use_cache=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
+    finally:
+        model.train(was_training)
     response_ids = out[:, prompt_ids.shape[1]:]
     if response_ids.shape[1] == 0:  # cannot happen with max_new_tokens >= 1; keep shapes sane anyway
         response_ids = torch.full((len(prompts), 1), tokenizer.eos_token_id, device=device)
@@ -70,7 +78,7 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     rows = [e for e in examples for _ in range(num_generations)]
     prompt_ids, prompt_mask, response_ids, mask, finished = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_p=top_p)
+        temperature=temperature, top_p=top_p, chat_template=task.chat_template)
     token_rewards, scores, texts = score(task, tokenizer, rows, response_ids, mask, finished)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],

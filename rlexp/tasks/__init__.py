@@ -1,5 +1,7 @@
 """Prompt sets and their verifiable rewards (layer 2). Each task owns its reward."""
 from rlexp.tasks.base import Example, RewardError, Task, call_reward
 from rlexp.tasks.arithmetic import ArithmeticTask, exact_match, partial_credit
+from rlexp.tasks.arithmetic_chat import ArithmeticChatTask, number_match
 
-__all__ = ["ArithmeticTask", "Example", "RewardError", "Task", "call_reward", "exact_match", "partial_credit"]
+__all__ = ["ArithmeticChatTask", "ArithmeticTask", "Example", "RewardError", "Task", "call_reward", "exact_match",
+           "number_match", "partial_credit"]

@@ -77,6 +77,8 @@ class Task:
     name: str = "task"
     #: characters the task's prompts and answers use (for the embedded char tokenizer); None = any
     alphabet: str | None = None
+    #: wrap each prompt with the tokenizer's chat template as a user turn when encoding it
+    chat_template: bool = False
 
     def __init__(self, *, name: str, reward: Callable, max_new_tokens: int):
         self.name = name
@@ -88,6 +90,10 @@ class Task:
     def sft_completion(self, example: Example) -> str:
         """The completion text a supervised warm start trains on (EOS is appended by the caller)."""
         return example.target
+
+    def is_correct(self, example: Example, completion: str, finished: bool) -> bool:
+        """Whether a completion (text without EOS) answers ``example``: the evaluation's ``accuracy``."""
+        return finished and completion == example.target
 
     def fingerprint(self) -> dict:
         """What determines the prompts (used to key cached warm starts)."""

@@ -124,10 +124,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (Lightning's DDP subprocesses, torchrun, SLURM);
+    0 for a plain process. Read before the Trainer exists, so that worker processes never open a run."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", 0) or 0) + int(os.environ.get("LOCAL_RANK", 0) or 0)
+
+
 def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]) -> MLFlowLogger | None:
     """Create the MLflow run now (so a later crash is recorded) and log params and tags."""
     t = cfg.tracking
-    if t.name == "none":
+    if t.name == "none" or launch_rank() != 0:  # distributed: only the first worker talks to MLflow
         return None
     uri = resolve_tracking_uri(t, launch_dir)
     override_str = " ".join(overrides)

@@ -1,0 +1,1 @@
+"""Entry scripts that launchers re-run (see rlexp_train.py)."""
