@@ -80,9 +80,12 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     dead = dead_overrides(cfg.algorithm, overrides or [])
     for key, why in dead.items():
         log.warning("%s has no effect in this run: %s", key, why)
-    logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [])
+    ckpt_path, resume_state = _resume_point(cfg, launch_dir)
+    logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [],
+                         resume_run_id=(resume_state or {}).get("mlflow_run_id"), resumed_from=ckpt_path)
     if logger is not None and dead:
         logger.experiment.set_tag(logger.run_id, "rlexp.dead_knobs", ", ".join(sorted(dead)))
+    trainer = None
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         task = instantiate(cfg.task)
@@ -92,6 +95,14 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
                      ws_info["seconds"], ws_info["accuracy"], model_dir)
         module, train_loader = build_module(cfg, task, model_dir)
         callbacks = list(callbacks or [])
+        if cfg.algorithm.module == "online":  # checkpoints at iteration boundaries, Ctrl-C at one
+            from rlexp.modules.checkpoint import IterationCheckpoint
+            from rlexp.modules.data import iteration_loader
+            ck = cfg.checkpoint
+            callbacks.append(IterationCheckpoint(Path(ck.dir) if ck.dir else Path(output_dir or launch_dir) / "checkpoints",
+                                                 ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all))
+            if resume_state:  # the dataloader continues at the next iteration
+                train_loader = iteration_loader(cfg.trainer.max_steps, start=int(resume_state["iteration"]))
         if logger is not None:
             logger.experiment.set_tag(logger.run_id, "warmstart.built", str(bool(ws_info.get("built"))))
             callbacks.append(RunArtifacts(logger, ws_info))
@@ -106,17 +117,54 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             num_sanity_val_steps=0, limit_val_batches=0, log_every_n_steps=1,
             default_root_dir=output_dir or launch_dir)
         t_fit = time.perf_counter()
-        trainer.fit(module, train_dataloaders=train_loader)
+        trainer.fit(module, train_dataloaders=train_loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True)  # a checkpoint is data: no pickled code runs when it is read
         last_step = max((h["step"] for h in module.history), default=cfg.trainer.max_steps)
         log_summary(logger, module.history, last_step, time.perf_counter() - t_fit)
         _save_policy(cfg, module, trainer, logger, output_dir)
     except BaseException as e:
-        mark_error(logger, e)
-        mark_run_status(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        # Ctrl-C: Lightning turns the KeyboardInterrupt into SystemExit(1) after its graceful shutdown
+        killed = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and trainer is not None
+                                                       and trainer.interrupted)
+        mark_error(logger, KeyboardInterrupt("interrupted (Ctrl-C)") if killed else e)
+        mark_run_status(logger, "KILLED" if killed else "FAILED")
         raise
     mark_run_status(logger, "FINISHED")
     _report(module, logger)
     return module
+
+
+def _resume_point(cfg, launch_dir: str):
+    """``(checkpoint path, its rlexp_state)`` for ``resume=PATH|auto``, ``(None, None)`` for a fresh run."""
+    resume = cfg.get("resume")
+    if resume is None:
+        return None, None
+    from rlexp.modules.checkpoint import find_last_checkpoint, read_rlexp_state
+    if cfg.algorithm.get("module") != "online":
+        raise ConfigError(f"resume={resume}: resuming is supported for the online algorithms (PPO, the GRPO "
+                          f"family); algorithm={cfg.algorithm.name} runs are short: start them again")
+    if resume == "auto":
+        roots = [Path(launch_dir) / "outputs", Path(launch_dir) / "multirun"]
+        if cfg.checkpoint.get("dir"):
+            roots.insert(0, Path(str(cfg.checkpoint.dir)))
+        path = find_last_checkpoint(roots)
+        if path is None:
+            raise ConfigError(f"resume=auto: no last.ckpt under {', '.join(str(r) for r in roots)}")
+    else:
+        path = Path(str(resume)).expanduser()
+    try:
+        state = read_rlexp_state(path)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: name it
+        raise ConfigError(f"resume={path}: cannot be read as an rlexp checkpoint: {type(e).__name__}: {e}") from e
+    if state["iteration"] >= state.get("max_steps", cfg.trainer.max_steps):
+        raise ConfigError(f"resume={path}: that run finished all its {state['iteration']} iterations; to train "
+                          f"further, start a new run from its saved policy (model=hf model.name_or_path=<its "
+                          f"output dir>/policy)")
+    if state["iteration"] >= cfg.trainer.max_steps:
+        raise ConfigError(f"resume={path}: the checkpoint is at iteration {state['iteration']}, which is already "
+                          f"trainer.max_steps={cfg.trainer.max_steps}: raise trainer.max_steps to train further")
+    log.info("Resuming from %s at iteration %d", path, state["iteration"])
+    return path, state
 
 
 def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:

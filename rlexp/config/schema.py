@@ -197,6 +197,13 @@ class TrackingConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_n_steps: int = spec(ge=1)
+    dir: Optional[str] = None
+    keep_all: bool = False
+
+
+@dataclass
 class RolloutConfig:
     temperature: float = spec(gt=0.0)
     top_p: float = spec(gt=0.0, le=1.0)
@@ -225,4 +232,5 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "tracking": {"*": TrackingConfig},
     "rollout": {"*": RolloutConfig},
     "trainer": {"*": TrainerConfig},
+    "checkpoint": {"*": CheckpointConfig},
 }

@@ -6,6 +6,7 @@ must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dataclasses
 from typing import Any
@@ -191,6 +192,9 @@ def validate(cfg: DictConfig) -> None:
         _check_node(group, typed, schema, registry_checks)
     if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
         raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer >= 0")
+    resume = cfg.get("resume")
+    if resume is not None and resume != "auto" and not Path(str(resume)).expanduser().is_file():
+        raise ConfigError(f"resume={resume}: no such checkpoint file (a path to a .ckpt file, or `auto`)")
     _check_combinations(cfg)
     _check_registries(registry_checks)
     if "advantage" in cfg.algorithm:

@@ -362,6 +362,10 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
     # ------------------------------------------------------------------ one RL iteration
     def training_step(self, iteration, batch_idx):
         self.iteration = int(iteration)
+        if getattr(self, "_pending_rng", None) is not None:  # resumed: the random state of the checkpoint
+            from rlexp.modules.checkpoint import set_rng_state
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
         a = self.algo
         t0 = time.perf_counter()
         batch, draws, signal_frac = self.collect_rollout()
@@ -435,11 +439,27 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
 
     # ------------------------------------------------------------------ run state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rlexp_state"] = {"pool": self.pool.state_dict(), "total_tokens": self.total_tokens,
-                                     "total_seconds": self.total_seconds}
+        """Everything a resumed run needs to continue exactly: saved at an iteration boundary (see
+        `rlexp.modules.checkpoint`), so ``iteration`` counts the iterations completed."""
+        from rlexp.modules.checkpoint import rng_state
+        logger = self.logger
+        checkpoint["rlexp_state"] = {
+            "iteration": self.iteration + 1, "max_steps": self.max_steps, "pool": self.pool.state_dict(), "total_tokens": self.total_tokens,
+            "total_seconds": self.total_seconds, "skipped_steps": self.skipped_steps, "bad_steps": dict(self.bad_steps),
+            "rng": rng_state(), "mlflow_run_id": getattr(logger, "run_id", None) if logger is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rlexp_state")
         if state:
+            # rlexp resumes by iteration: the run's dataloader starts at the next one. Lightning's own
+            # mid-epoch loop restoration would then skip batches of that loader, so it is left out (the
+            # model, optimizer and RNG states are all that the next iteration depends on).
+            checkpoint.pop("loops", None)
             self.pool.load_state_dict(state["pool"])
             self.total_tokens, self.total_seconds = state["total_tokens"], state["total_seconds"]
+            self.iteration = state.get("iteration", 0)  # the next iteration to run (no initial evaluation)
+            self.skipped_steps = state.get("skipped_steps", 0)
+            self.bad_steps = dict(state.get("bad_steps", {}))
+            # applied when the next iteration starts: Lightning draws from the global generator between
+            # restoring and training (e.g. the dataloader iterator's base seed)
+            self._pending_rng = state.get("rng")

@@ -133,8 +133,11 @@ def launch_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0) or 0) + int(os.environ.get("LOCAL_RANK", 0) or 0)
 
 
-def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]) -> MLFlowLogger | None:
-    """Create the MLflow run now (so a later crash is recorded) and log params and tags."""
+def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str], resume_run_id: str | None = None,
+                resumed_from=None) -> MLFlowLogger | None:
+    """Create the MLflow run now (so a later crash is recorded) and log params and tags. With
+    ``resume_run_id`` (``resume=``), continue that run instead: back to RUNNING, its params kept (MLflow
+    params cannot change), tagged ``rlexp.resumed_from``; metrics go on at the next step."""
     t = cfg.tracking
     if t.name == "none" or launch_rank() != 0:  # distributed: only the first worker talks to MLflow
         return None
@@ -150,11 +153,18 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
-        logger = MLFlowLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
-                              tags=tags)
-        client, run_id = logger.experiment, logger.run_id
-        log_params(client, run_id, flatten_config(cfg))
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        if resume_run_id is not None:
+            logger = MLFlowLogger(experiment_name=str(t.experiment), tracking_uri=uri, run_id=resume_run_id)
+            client, run_id = logger.experiment, logger.run_id
+            client.get_run(run_id)  # a run id this store does not know: refused here, named
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "rlexp.resumed_from", str(resumed_from))
+        else:
+            logger = MLFlowLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
+                                  tags=tags)
+            client, run_id = logger.experiment, logger.run_id
+            log_params(client, run_id, flatten_config(cfg))
+            client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     except Exception as e:  # noqa: BLE001 - any store failure at start-up is fatal and named
         raise TrackingError(f"tracking store {uri} is not usable: {type(e).__name__}: {e}") from e
     finally:

@@ -1,0 +1,111 @@
+"""Checkpoints at RL-iteration boundaries, and Ctrl-C that stops at one.
+
+``IterationCheckpoint`` writes Lightning checkpoints (``trainer.save_checkpoint``: model, optimizers,
+loop state, plus the module's ``rlexp_state``: iteration, prompt pool, RNG states, MLflow run id) to
+``<dir>/last.ckpt`` every ``every_n_steps`` iterations and after the last one. A checkpoint is written to
+a temporary file and renamed, so a kill mid-write leaves the previous one intact.
+
+Ctrl-C (SIGINT) does not stop an iteration halfway: the first one is noted and the run stops at the end
+of the current iteration, after writing a checkpoint; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import lightning as L
+import torch
+
+log = logging.getLogger("rlexp")
+
+
+class IterationCheckpoint(L.Callback):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, max_steps: int, keep_all: bool = False):
+        self.dirpath, self.every, self.max_steps, self.keep_all = Path(dirpath), every_n_steps, max_steps, keep_all
+        self.last_path: Path | None = None
+        self._interrupt_requested = False
+        self._previous_handler = None
+
+    # ------------------------------------------------------------------ Ctrl-C at an iteration boundary
+    def _on_sigint(self, signum, frame):
+        if self._interrupt_requested:  # the second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self._interrupt_requested = True
+        log.warning("Ctrl-C: stopping after this iteration, with a checkpoint (press again to stop now)")
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _restore_handler(self):
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore_handler()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore_handler()
+
+    # ------------------------------------------------------------------ saving
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        done = pl_module.iteration + 1
+        stop = trainer.strategy.reduce_boolean_decision(self._interrupt_requested, all=False)  # any worker
+        if stop or done % self.every == 0 or done == self.max_steps:
+            self.save(trainer, done)
+        if stop:
+            log.warning("Interrupted after iteration %d; checkpoint %s (continue with resume=%s)",
+                        done, self.last_path, self.last_path)
+            raise KeyboardInterrupt
+
+    def save(self, trainer, done: int) -> Path:
+        final = self.dirpath / "last.ckpt"
+        tmp = self.dirpath / ".last.ckpt.tmp"
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp, weights_only=False)  # every worker takes part (sharded strategies); the first one writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            if self.keep_all:
+                shutil.copyfile(final, self.dirpath / f"iter-{done:06d}.ckpt")
+        trainer.strategy.barrier()
+        self.last_path = final
+        return final
+
+
+def rng_state() -> dict:
+    """The random states an iteration draws from (sampling uses torch's global generator)."""
+    import random
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_rlexp_state(path: str | Path) -> dict:
+    """The ``rlexp_state`` of a checkpoint (iteration, MLflow run id...), read with ``weights_only=True``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("rlexp_state")
+    if not state or "iteration" not in state:
+        raise ValueError(f"resume={path}: not a checkpoint of an rlexp online run (no rlexp_state)")
+    return state
+
+
+def find_last_checkpoint(roots: list[Path]) -> Path | None:
+    """The most recently written ``last.ckpt`` under ``roots`` (``resume=auto``)."""
+    found = [p for r in roots if r.is_dir() for p in r.rglob("last.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

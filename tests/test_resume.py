@@ -1,0 +1,136 @@
+"""Checkpoints and resume: a run killed with SIGKILL (or stopped with Ctrl-C) and resumed logs exactly
+the metrics of a run that was never interrupted, into the same MLflow run. Real processes, real signals."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fast_overrides import FAST
+from rlexp.cli import main
+from rlexp.modules.checkpoint import read_rlexp_state
+
+STEPS = 8
+ARGS = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.eval_every"))] + [
+    f"trainer.max_steps={STEPS}", "trainer.eval_every=2", "checkpoint.every_n_steps=2",
+    "task.reward._target_=rlexp.tasks.arithmetic.partial_credit"]
+
+
+def _history(db: Path) -> dict[str, set]:
+    """Every train/ and eval/ metric of the store's single run: name -> {(step, value)}."""
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    out = {k: {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)}
+           for k in run.data.metrics if k.startswith(("train/", "eval/"))}
+    return {"status": run.info.status, "tags": run.data.tags, **out}
+
+
+def _start(cwd: Path, extra=()):
+    return subprocess.Popen([sys.executable, "-m", "rlexp", "train", *ARGS, "hydra.run.dir=run", *extra], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for_checkpoint(proc, ckpt: Path, min_iteration: int, timeout: float = 300) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ckpt.is_file():
+            try:
+                it = read_rlexp_state(ckpt)["iteration"]
+            except Exception:  # noqa: BLE001 - not yet complete
+                it = -1
+            if it >= min_iteration:
+                return it
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the same run, never interrupted (in-process, through the same entry point)."""
+    d = tmp_path_factory.mktemp("uninterrupted")
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["train", *ARGS, "hydra.run.dir=run"]) == 0
+    finally:
+        os.chdir(old)
+    return _history(d / "mlflow.db")
+
+
+def _resume(cwd: Path, ckpt: Path):
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert main(["train", *ARGS, "hydra.run.dir=run2", f"resume={ckpt}"]) == 0
+    finally:
+        os.chdir(old)
+
+
+def _assert_same_metrics(got: dict, want: dict):
+    keys = {k for k in want if "/" in k}
+    assert keys == {k for k in got if "/" in k}
+    for k in keys:
+        # a killed process may have logged iterations after its last checkpoint: they are repeated, identically
+        assert got[k] == want[k], k
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_exactly_the_uninterrupted_run(tmp_path, uninterrupted):
+    proc = _start(tmp_path)
+    k = _wait_for_checkpoint(proc, tmp_path / "run" / "checkpoints" / "last.ckpt", 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and k < STEPS
+    killed = _history(tmp_path / "mlflow.db")
+    assert killed["status"] == "RUNNING"  # a SIGKILLed process cannot mark its run
+    _resume(tmp_path, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    resumed = _history(tmp_path / "mlflow.db")  # still exactly one run: the same one, continued
+    assert resumed["status"] == "FINISHED" and resumed["tags"]["rlexp.resumed_from"].endswith("last.ckpt")
+    _assert_same_metrics(resumed, uninterrupted)
+    assert max(s for s, _ in resumed["train/reward_mean"]) == STEPS
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tmp_path, uninterrupted):
+    proc = _start(tmp_path)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    _wait_for_checkpoint(proc, ckpt, 2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1, out[-3000:]
+    assert "stopping after this iteration" in out and "continue with resume=" in out
+    k = read_rlexp_state(ckpt)["iteration"]
+    stopped = _history(tmp_path / "mlflow.db")
+    assert stopped["status"] == "KILLED" and 2 <= k < STEPS
+    # the checkpoint is the state after iteration k, which the run logged last
+    assert max(s for s, _ in stopped["train/reward_mean"]) == k
+    _resume(tmp_path, ckpt)
+    _assert_same_metrics(_history(tmp_path / "mlflow.db"), uninterrupted)
+
+
+def test_checkpoints_are_data_only_and_resume_refuses_what_it_cannot_continue(tmp_path, in_tmp, capsys):
+    assert main(["train", *ARGS, "trainer.max_steps=2", "hydra.run.dir=run", "tracking=none"]) == 0
+    ckpt = in_tmp / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)["rlexp_state"]  # loads without unpickling code
+    assert state["iteration"] == 2 and state["pool"] == {"removed": []} and "rng" in state
+    with pytest.raises(SystemExit) as e:  # a finished run cannot be resumed: it says what to do instead
+        main(["train", *ARGS, "trainer.max_steps=2", "tracking=none", f"resume={ckpt}"])
+    assert e.value.code == 2 and "finished all its 2 iterations" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.ckpt"
+    torch.save({"state_dict": {}}, bogus)
+    with pytest.raises(SystemExit):
+        main(["train", *ARGS, "tracking=none", f"resume={bogus}"])
+    assert "not a checkpoint of an rlexp online run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", *ARGS, "tracking=none", f"resume={tmp_path / 'missing.ckpt'}"])
+    assert "no such checkpoint file" in capsys.readouterr().err
