@@ -14,3 +14,13 @@ def coin(prompts, completions, *, completion_ids, **kwargs):
     """1.0 when the completion's token ids sum to an even number: a reward uncorrelated with skill,
     so groups of 2 have equal rewards about half the time (dynamic sampling / filtering have work)."""
     return [float(sum(ids) % 2 == 0) for ids in completion_ids]
+
+
+def chokes_on_a_digit(prompts, completions, *, targets, finished, **kwargs):
+    """Raises on any completion containing a '7' (a reward function with a parsing bug), else exact match."""
+    out = []
+    for c, t, done in zip(completions, targets, finished):
+        if "7" in c:
+            raise ValueError(f"cannot parse {c!r}")
+        out.append(float(done and c == t))
+    return out

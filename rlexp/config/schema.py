@@ -165,6 +165,7 @@ class ArithmeticTaskConfig:
     num_eval: int = spec(ge=1)
     split_seed: int = spec(ge=0)
     max_new_tokens: int = spec(ge=1)
+    on_reward_error: str = spec(choices=("raise", "skip"), default="raise")
     reward: Any = MISSING
 
 

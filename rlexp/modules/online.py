@@ -193,6 +193,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                 keep &= ~zero_std
         if a.overlong_filter:  # DAPO: truncated completions are left out of the loss
             keep &= batch.finished
+        keep &= ~batch.failed_rows()  # unscorable completions (task.on_reward_error=skip): no loss
         d["loss_mask"] = mask * keep[:, None].to(mask.dtype)
         return d
 
@@ -425,6 +426,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             "train/advantage_var": core.masked_var(exp["raw_advantages"], mask),
             "train/returns_mean": core.masked_mean(exp["returns"], mask),
             "train/loss_rows_frac": (exp["loss_mask"].sum(1) > 0).float().mean(),
+            "train/reward_errors": batch.failed_rows().float().sum(),
         })
         if "zero_std_rows" in exp:  # groups are equal-sized: the row mean is the fraction of groups
             stats["train/frac_zero_std_groups"] = exp["zero_std_rows"].mean()

@@ -26,6 +26,14 @@ class RolloutBatch:
     targets: list[str] = field(default_factory=list)
     #: index of each row's prompt in the task's training pool (-1 when unknown)
     prompt_index: list[int] = field(default_factory=list)
+    #: [B] bool: the reward function could not score the row (task.on_reward_error=skip); None = none failed
+    reward_failed: torch.Tensor | None = None
+
+    def failed_rows(self) -> torch.Tensor:
+        """``[B]`` bool, True where the reward is missing."""
+        if self.reward_failed is None:
+            return torch.zeros(self.size, dtype=torch.bool, device=self.mask.device)
+        return self.reward_failed
 
     @property
     def size(self) -> int:
@@ -37,7 +45,8 @@ class RolloutBatch:
         pick = lambda xs: [xs[i] for i in rows] if xs else []  # noqa: E731
         return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.mask[idx],
                             self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
-                            pick(self.completions), pick(self.targets), pick(self.prompt_index))
+                            pick(self.completions), pick(self.targets), pick(self.prompt_index),
+                            self.failed_rows()[idx])
 
     @staticmethod
     def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -61,7 +70,8 @@ class RolloutBatch:
             torch.cat([right(b.token_rewards, T, 0.0) for b in batches]),
             torch.cat([b.scores for b in batches]),
             [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
-            [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index])
+            [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index],
+            torch.cat([b.failed_rows() for b in batches]))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

@@ -30,7 +30,7 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_t
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
                                                     max_new_tokens=max_new_tokens, do_sample=False,
                                                     chat_template=task.chat_template)
-        _, scores, texts = score(task, tokenizer, chunk, response_ids, mask, finished)
+        _, scores, texts = score(task, tokenizer, chunk, response_ids, mask, finished)  # unscorable: reward 0
         rewards += scores.tolist()
         lengths += mask.sum(1).tolist()
         for e, text, done, s in zip(chunk, texts, finished.tolist(), scores.tolist()):

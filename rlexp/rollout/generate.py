@@ -58,16 +58,22 @@ def decode_completions(tokenizer, response_ids, mask, finished):
     return ids, texts, tokens
 
 
-def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished):
-    """Task rewards as ``(token_rewards [B, T], scores [B], completions)``."""
+def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished, *, with_failed: bool = False):
+    """Task rewards as ``(token_rewards [B, T], scores [B], completions)``, plus ``failed [B]`` with
+    ``with_failed``: completions the reward function could not score (``task.on_reward_error=skip``),
+    rewarded 0 here and left out of the loss by the caller."""
     ids, texts, tokens = decode_completions(tokenizer, response_ids, mask, finished)
     rows = call_reward(task.reward, [e.prompt for e in examples], texts, targets=[e.target for e in examples],
-                       completion_ids=ids, completion_tokens=tokens, finished=finished.tolist())
+                       completion_ids=ids, completion_tokens=tokens, finished=finished.tolist(),
+                       on_error=getattr(task, "on_reward_error", "raise"))
     token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
     for i, row in enumerate(rows):
-        token_rewards[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
+        if row is not None:
+            token_rewards[i, :len(row)] = torch.tensor(row, dtype=torch.float32)
     token_rewards = token_rewards.to(mask.device)
-    return token_rewards, token_rewards.sum(1), texts
+    failed = torch.tensor([row is None for row in rows], dtype=torch.bool, device=mask.device)
+    out = (token_rewards, token_rewards.sum(1), texts)
+    return (*out, failed) if with_failed else out
 
 
 def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, num_generations: int,
@@ -79,8 +85,9 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     prompt_ids, prompt_mask, response_ids, mask, finished = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_p=top_p, chat_template=task.chat_template)
-    token_rewards, scores, texts = score(task, tokenizer, rows, response_ids, mask, finished)
+    token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
+                        reward_failed=failed,
                         prompt_index=[i for i in (prompt_index or [-1] * len(examples))
                                       for _ in range(num_generations)])

@@ -22,8 +22,10 @@ class ArithmeticTask(Task):
     alphabet = "0123456789+="
 
     def __init__(self, *, name: str = "arithmetic", min_operand: int = 0, max_operand: int = 99,
-                 num_eval: int = 200, split_seed: int = 1234, max_new_tokens: int = 8, reward=None):
-        super().__init__(name=name, reward=reward or exact_match, max_new_tokens=max_new_tokens)
+                 num_eval: int = 200, split_seed: int = 1234, max_new_tokens: int = 8, reward=None,
+                 on_reward_error: str = "raise"):
+        super().__init__(name=name, reward=reward or exact_match, max_new_tokens=max_new_tokens,
+                         on_reward_error=on_reward_error)
         self.min_operand, self.max_operand = min_operand, max_operand
         self.width = len(str(max_operand))
         self.num_eval, self.split_seed = num_eval, split_seed

@@ -39,36 +39,77 @@ def _fn_name(fn: Callable) -> str:
     return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
 
 
+REWARD_ERROR_MODES = ("raise", "skip")
+
+
+def _row_rewards(r, ids, i, completions, name) -> list[float]:
+    """One completion's per-token rewards from what the reward function returned for it."""
+    if isinstance(r, Sequence) and not isinstance(r, str):
+        row = [float(x) for x in r]
+        if len(row) != len(ids):
+            raise RewardError(f"reward function {name} returned {len(row)} token rewards for completion "
+                              f"{i} of {len(ids)} tokens ({completions[i]!r})")
+    else:
+        row = [0.0] * len(ids)
+        if row:
+            row[-1] = float(r)
+    if not all(math.isfinite(x) for x in row):
+        raise RewardError(f"reward function {name} returned a non-finite reward for completion {i} "
+                          f"({completions[i]!r}): {r}")
+    return row
+
+
 def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, targets: list[str],
                 completion_ids: list[list[int]], completion_tokens: list[list[str]],
-                finished: list[bool]) -> list[list[float]]:
-    """Call ``fn`` and return per-token rewards, one list per completion (sequence scores go last)."""
+                finished: list[bool], on_error: str = "raise") -> list[list[float] | None]:
+    """Call ``fn`` and return per-token rewards, one list per completion (sequence scores go last).
+
+    When ``fn`` raises, it is called again on each completion alone to find the one at fault, and the
+    error names the function and that completion. ``on_error="skip"`` instead scores such completions
+    (and those with a non-finite reward) as missing: ``None`` in their place.
+    """
     name = _fn_name(fn)
+    kw = dict(targets=targets, completion_ids=completion_ids, completion_tokens=completion_tokens, finished=finished)
     try:
-        out = fn(prompts, completions, targets=targets, completion_ids=completion_ids,
-                 completion_tokens=completion_tokens, finished=finished)
-    except Exception as e:  # noqa: BLE001 - re-raised with the function named
-        raise RewardError(f"reward function {name} raised {type(e).__name__}: {e}") from e
+        out = fn(prompts, completions, **kw)
+    except Exception as e:  # noqa: BLE001 - re-raised with the function and the completion named
+        out = _one_by_one(fn, name, e, prompts, completions, kw, on_error)
     out = list(out) if out is not None else None
     if out is None or len(out) != len(completions):
         raise RewardError(f"reward function {name} returned {0 if out is None else len(out)} values "
                           f"for {len(completions)} completions")
-    token_rewards = []
+    token_rewards: list[list[float] | None] = []
     for i, (r, ids) in enumerate(zip(out, completion_ids)):
-        if isinstance(r, Sequence) and not isinstance(r, str):
-            row = [float(x) for x in r]
-            if len(row) != len(ids):
-                raise RewardError(f"reward function {name} returned {len(row)} token rewards for completion "
-                                  f"{i} of {len(ids)} tokens ({completions[i]!r})")
-        else:
-            row = [0.0] * len(ids)
-            if row:
-                row[-1] = float(r)
-        if not all(math.isfinite(x) for x in row):
-            raise RewardError(f"reward function {name} returned a non-finite reward for completion {i} "
-                              f"({completions[i]!r}): {r}")
-        token_rewards.append(row)
+        if r is None and on_error == "skip":
+            token_rewards.append(None)
+            continue
+        try:
+            token_rewards.append(_row_rewards(r, ids, i, completions, name))
+        except RewardError:
+            if on_error != "skip":
+                raise
+            token_rewards.append(None)
     return token_rewards
+
+
+def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
+    """``fn`` on each completion alone: its values, ``None`` where it raises (``skip``); with ``raise``,
+    a RewardError naming the first completion it raises on."""
+    out = []
+    for i in range(len(completions)):
+        one = {k: [v[i]] for k, v in kw.items()}
+        try:
+            out.append(list(fn([prompts[i]], [completions[i]], **one))[0])
+        except Exception as e:  # noqa: BLE001
+            if on_error == "skip":
+                out.append(None)
+                continue
+            raise RewardError(f"reward function {name} raised {type(e).__name__}: {e} on completion {i} "
+                              f"{completions[i]!r} (prompt {prompts[i]!r}); task.on_reward_error=skip scores "
+                              f"such completions as missing instead") from e
+    if all(r is not None for r in out):  # it fails only on the whole batch: nothing to skip
+        raise RewardError(f"reward function {name} raised {type(error).__name__}: {error}") from error
+    return out
 
 
 class Task:
@@ -80,9 +121,13 @@ class Task:
     #: wrap each prompt with the tokenizer's chat template as a user turn when encoding it
     chat_template: bool = False
 
-    def __init__(self, *, name: str, reward: Callable, max_new_tokens: int):
+    def __init__(self, *, name: str, reward: Callable, max_new_tokens: int, on_reward_error: str = "raise"):
+        if on_reward_error not in REWARD_ERROR_MODES:
+            raise ValueError(f"task.on_reward_error={on_reward_error}: expected one of {', '.join(REWARD_ERROR_MODES)}")
         self.name = name
         self.reward = reward
+        #: what a reward function that raises (or returns NaN/Inf) does: stop the run, or skip the completion
+        self.on_reward_error = on_reward_error
         self.max_new_tokens = max_new_tokens
         self.train_examples: list[Example] = []
         self.eval_examples: list[Example] = []

@@ -1,0 +1,75 @@
+"""A reward function that raises: the error names the function and the completion at fault; with
+task.on_reward_error=skip the completion is scored as missing, left out of the loss, and counted."""
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fast_overrides import FAST
+from rlexp.cli import main
+from rlexp.tasks.base import RewardError, call_reward
+
+BAD = "task.reward._target_=rewards_for_tests.chokes_on_a_digit"
+
+
+def _call(fn, completions, on_error="raise"):
+    n = len(completions)
+    return call_reward(fn, ["p"] * n, completions, targets=["1"] * n, completion_ids=[[3, 1]] * n,
+                       completion_tokens=[["x", "<eos>"]] * n, finished=[True] * n, on_error=on_error)
+
+
+def test_the_error_names_the_function_and_the_offending_completion():
+    from rewards_for_tests import chokes_on_a_digit
+    with pytest.raises(RewardError, match=r"rewards_for_tests.chokes_on_a_digit raised ValueError.*completion 2 "
+                                          r"'17' \(prompt 'p'\).*task.on_reward_error=skip"):
+        _call(chokes_on_a_digit, ["1", "2", "17", "70"])
+    rows = _call(chokes_on_a_digit, ["1", "2", "17", "70"], on_error="skip")
+    assert rows[2] is None and rows[3] is None and rows[0] == [0.0, 1.0] and rows[1] == [0.0, 0.0]
+
+
+def test_non_finite_rewards_are_skipped_or_named():
+    def nan_on_b(prompts, completions, **kw):
+        return [float("nan") if c == "b" else 1.0 for c in completions]
+    with pytest.raises(RewardError, match="non-finite reward for completion 1"):
+        _call(nan_on_b, ["a", "b"])
+    assert _call(nan_on_b, ["a", "b"], on_error="skip")[1] is None
+
+
+def test_a_failure_of_the_whole_batch_only_cannot_be_skipped():
+    def batch_bug(prompts, completions, **kw):
+        if len(completions) > 1:
+            raise RuntimeError("batching bug")
+        return [1.0]
+    with pytest.raises(RewardError, match="raised RuntimeError: batching bug"):
+        _call(batch_bug, ["a", "b"], on_error="skip")
+
+
+def test_a_run_stops_with_the_completion_named(mlflow_uri, in_tmp, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *FAST, BAD, f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_raise",
+              "rollout.temperature=3.0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "chokes_on_a_digit raised ValueError" in err and "on completion" in err
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("reward_raise").experiment_id])[0]
+    assert run.info.status == "FAILED" and "chokes_on_a_digit" in run.data.tags["rlexp.error"]
+
+
+def test_skip_leaves_the_completions_out_of_the_loss_and_counts_them(mlflow_uri, in_tmp):
+    """T=3 makes '7's common: the run goes on, every iteration counts its unscorable completions."""
+    assert main(["train", *FAST, BAD, "task.on_reward_error=skip", "rollout.temperature=3.0",
+                 f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_skip"]) == 0
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("reward_skip").experiment_id])[0]
+    errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
+    rows = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_rows_frac")]
+    assert run.info.status == "FINISHED" and len(errors) == 2 and sum(errors) > 0
+    # FAST: 8 completions per iteration; the skipped ones are no loss rows
+    assert all(r <= 1 - e / 8 + 1e-6 for r, e in zip(rows, errors))
+
+
+def test_on_reward_error_accepts_raise_or_skip_only():
+    from rlexp.config import ConfigError, validate
+    from rlexp.train import compose
+    with pytest.raises(ConfigError, match="task.on_reward_error"):
+        validate(compose(["task.on_reward_error=ignore"]))
