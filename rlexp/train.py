@@ -85,7 +85,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
                          resume_run_id=(resume_state or {}).get("mlflow_run_id"), resumed_from=ckpt_path)
     if logger is not None and dead:
         logger.experiment.set_tag(logger.run_id, "rlexp.dead_knobs", ", ".join(sorted(dead)))
-    trainer = None
+    trainer = ckpt_cb = None
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         task = instantiate(cfg.task)
@@ -99,8 +99,9 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             from rlexp.modules.checkpoint import IterationCheckpoint
             from rlexp.modules.data import iteration_loader
             ck = cfg.checkpoint
-            callbacks.append(IterationCheckpoint(Path(ck.dir) if ck.dir else Path(output_dir or launch_dir) / "checkpoints",
-                                                 ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all))
+            ckpt_cb = IterationCheckpoint(Path(ck.dir) if ck.dir else Path(output_dir or launch_dir) / "checkpoints",
+                                          ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all)
+            callbacks.append(ckpt_cb)
             if resume_state:  # the dataloader continues at the next iteration
                 train_loader = iteration_loader(cfg.trainer.max_steps, start=int(resume_state["iteration"]))
         if logger is not None:
@@ -129,6 +130,13 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         mark_error(logger, KeyboardInterrupt("interrupted (Ctrl-C)") if killed else e)
         mark_run_status(logger, "KILLED" if killed else "FAILED")
         raise
+    unlogged = getattr(logger, "unlogged", None)
+    if unlogged:  # the work is done and saved; the record of it is not complete: say what is missing
+        from rlexp.tracking import TrackingError
+        mark_run_status(logger, "FAILED")
+        where = f" Its last checkpoint is {ckpt_cb.last_path}." if ckpt_cb is not None and ckpt_cb.last_path else ""
+        raise TrackingError(f"the run finished, but the MLflow store {logger._tracking_uri} failed during it and did "
+                            f"not record: {logger.unlogged_summary()}.{where}")
     mark_run_status(logger, "FINISHED")
     _report(module, logger)
     return module
@@ -183,7 +191,7 @@ def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:
         export_policy(module.policy_model, module.tokenizer, target)
         log.info("Trained policy saved with save_pretrained at %s", target)
         if log_model:
-            logger.experiment.log_artifacts(logger.run_id, str(target), "policy")
+            logger.guarded("the policy artifact", logger.experiment.log_artifacts, logger.run_id, str(target), "policy")
 
 
 def _report(module, logger) -> None:

@@ -91,6 +91,45 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger``, except that a store failing in the middle of a run does not stop the
+    run: what could not be recorded is listed in ``unlogged`` (and reported once in the log), training,
+    checkpoints and the saved policy go on, and ``rlexp train`` reports the gap at the end."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unlogged: list[str] = []
+
+    def record_failure(self, what: str, error: BaseException) -> None:
+        if not self.unlogged:
+            log.error("MLflow store %s failed: %s not recorded (%s: %s); the run goes on, its checkpoints and "
+                      "saved policy are not affected", self._tracking_uri, what, type(error).__name__,
+                      str(error).splitlines()[0] if str(error) else "")
+        self.unlogged.append(what)
+
+    def guarded(self, what: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, a store failure recorded instead of raised."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - recorded and reported; the run's work matters more
+            self.record_failure(what, e)
+            return None
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.guarded(f"metrics of step {step}", super().log_metrics, metrics, step)
+
+    def finalize(self, status: str = "success") -> None:  # Lightning's teardown; rlexp sets the status itself
+        self.guarded("the run's end", super().finalize, status)
+
+    def unlogged_summary(self) -> str:
+        metric_steps = list(dict.fromkeys(w.rsplit(" ", 1)[1] for w in self.unlogged if w.startswith("metrics of step ")))
+        other = [w for w in self.unlogged if not w.startswith("metrics of step ")]
+        parts = [f"metrics of {len(metric_steps)} step(s) ({', '.join(metric_steps[:3])}"
+                 f"{', …' if len(metric_steps) > 3 else ''}{', ' + metric_steps[-1] if len(metric_steps) > 3 else ''})"
+                 ] if metric_steps else []
+        return "; ".join(parts + other)
+
+
 def log_summary(logger: MLFlowLogger | None, history: list[dict], max_steps: int, wall_seconds: float) -> dict:
     """Summary metrics of a finished run, for the MLflow compare view and parallel coordinates:
     the final eval/reward_mean, the area under its curve per iteration, and the wall time."""
@@ -154,14 +193,14 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
         if resume_run_id is not None:
-            logger = MLFlowLogger(experiment_name=str(t.experiment), tracking_uri=uri, run_id=resume_run_id)
+            logger = RunLogger(experiment_name=str(t.experiment), tracking_uri=uri, run_id=resume_run_id)
             client, run_id = logger.experiment, logger.run_id
             client.get_run(run_id)  # a run id this store does not know: refused here, named
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "rlexp.resumed_from", str(resumed_from))
         else:
-            logger = MLFlowLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
-                                  tags=tags)
+            logger = RunLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
+                               tags=tags)
             client, run_id = logger.experiment, logger.run_id
             log_params(client, run_id, flatten_config(cfg))
             client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
@@ -195,8 +234,14 @@ class RunArtifacts(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         if self.warmstart_info:
-            self.logger.experiment.log_dict(self.logger.run_id, self.warmstart_info, "warmstart.json")
+            self._guarded("warmstart.json", self.logger.experiment.log_dict, self.logger.run_id, self.warmstart_info,
+                          "warmstart.json")
         self._flush(pl_module)
+
+    def _guarded(self, what, fn, *args, **kwargs):
+        if isinstance(self.logger, RunLogger):
+            return self.logger.guarded(what, fn, *args, **kwargs)
+        return fn(*args, **kwargs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._flush(pl_module)
@@ -205,5 +250,5 @@ class RunArtifacts(L.Callback):
         while getattr(pl_module, "pending_samples", None):
             step, rows = pl_module.pending_samples.pop(0)
             table = {k: [r[k] for r in rows] for k in rows[0]}
-            self.logger.experiment.log_table(self.logger.run_id, data=table,
-                                             artifact_file=f"samples/eval_step_{step:06d}.json")
+            self._guarded(f"samples/eval_step_{step:06d}.json", self.logger.experiment.log_table, self.logger.run_id,
+                          data=table, artifact_file=f"samples/eval_step_{step:06d}.json")
