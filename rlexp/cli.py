@@ -34,6 +34,11 @@ def _hydra(args: list[str]) -> int:
 
     import importlib.util
 
+    problem = _composition_error(args)
+    if problem:  # Hydra would print a multi-line report and exit 1: one line, exit 2, like other config errors
+        print(f"rlexp: config error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
     import __main__
 
     # Hydra parses sys.argv[1:]. Lightning's DDP launcher starts the other workers by re-running this
@@ -50,6 +55,32 @@ def _hydra(args: list[str]) -> int:
         if saved_spec is not None:
             __main__.__spec__ = saved_spec
     return 0
+
+
+def _composition_error(args: list[str]) -> str | None:
+    """Why the overrides of a single run cannot be composed (unknown key or group option, bad syntax),
+    in one line; None when they compose (or for multiruns and Hydra flags, which Hydra checks itself)."""
+    if any(a.startswith("-") for a in args):
+        return None
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from rlexp.train import compose
+    try:
+        compose([a for a in args if not a.startswith(("hydra.", "hydra/", "+hydra"))])
+    except MissingConfigException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        head = lines[0].split(": ", 1)[-1]
+        opts = lines[lines.index(next(ln for ln in lines if ln.startswith("Available options"))) + 1:] \
+            if any(ln.startswith("Available options") for ln in lines) else []
+        opts = [o for o in opts if not o.startswith(("Config search path", "provider="))]
+        return f"{head}" + (f"; available: {', '.join(opts)}" if opts else "")
+    except ConfigCompositionException as e:
+        cause = e.__cause__ or e.__context__
+        detail = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
+        return str(e).splitlines()[0] + (f" ({detail})" if detail else "")
+    except OverrideParseException as e:
+        return f"cannot parse the overrides: {str(e).splitlines()[0]}"
+    return None
 
 
 def _sweep(args: list[str]) -> int:

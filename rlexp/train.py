@@ -88,7 +88,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     trainer = ckpt_cb = None
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        task = instantiate(cfg.task)
+        task = _instantiate_task(cfg)
         model_dir, ws_info = prepare_model_dir(cfg.model, task, hw)
         if ws_info.get("built"):
             log.info("Warm start built in %.1f s (greedy accuracy %.3f) and cached at %s",
@@ -140,6 +140,18 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     mark_run_status(logger, "FINISHED")
     _report(module, logger)
     return module
+
+
+def _instantiate_task(cfg):
+    """The task from ``cfg.task``; an import or argument error in it (``task.reward._target_``...) is a
+    config error naming what failed."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    try:
+        return instantiate(cfg.task)
+    except InstantiationException as e:
+        first = " ".join(str(e).split()).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception.", ";")
+        raise ConfigError(f"task: {first[:500]}") from e
 
 
 def _resume_point(cfg, launch_dir: str):

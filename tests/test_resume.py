@@ -134,3 +134,22 @@ def test_checkpoints_are_data_only_and_resume_refuses_what_it_cannot_continue(tm
     with pytest.raises(SystemExit):
         main(["train", *ARGS, "tracking=none", f"resume={tmp_path / 'missing.ckpt'}"])
     assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def _run_in(d: Path, extra=()):
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["train", *ARGS, "hydra.run.dir=run", *extra]) == 0
+    finally:
+        os.chdir(old)
+    return _history(d / "mlflow.db")
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_run_and_another_seed_another(tmp_path, uninterrupted):
+    """Determinism on CPU, through the CLI's entry function: every train/ and eval/ metric at every step."""
+    (tmp_path / "same").mkdir(), (tmp_path / "other").mkdir()
+    _assert_same_metrics(_run_in(tmp_path / "same"), uninterrupted)
+    other = _run_in(tmp_path / "other", ["seed=1"])
+    assert other["train/reward_mean"] != uninterrupted["train/reward_mean"]

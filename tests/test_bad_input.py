@@ -1,0 +1,121 @@
+"""Bad input, refused at start-up with one line naming the key, file or line: the table of the cases
+tried, each driven through `rlexp train`'s entry function. The README's troubleshooting table is this one
+(`python tests/test_bad_input.py` prints it in Markdown, with the messages as they are now)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_overrides import FAST  # noqa: E402
+
+# (what is wrong, overrides (`{tmp}` = a scratch dir), exit status, a fragment of the one-line message)
+TABLE = [
+    ("an algorithm value out of range", ["algorithm.gamma=1.5"], 2, "algorithm.gamma=1.5 is out of range"),
+    ("a value of the wrong type", ["algorithm.ppo_epochs=two"], 2, "algorithm.ppo_epochs"),
+    ("a name no registry knows", ["algorithm.loss_agg=token-sum"], 2, "algorithm.loss_agg=token-sum"),
+    ("incompatible algorithm values", ["algorithm.clip_eps=0.2", "algorithm.clip_eps_high=0.1"], 2,
+     "algorithm.clip_eps_high=0.1 must be >= algorithm.clip_eps=0.2"),
+    ("a minibatch that does not divide the batch", ["algorithm.minibatch_size=7"], 2,
+     "algorithm.minibatch_size=7 must divide"),
+    ("a group estimator without groups", ["algorithm=grpo", "algorithm.num_generations=1"], 2,
+     "algorithm.num_generations=1 must be >= 2"),
+    ("an unknown group option", ["algorithm=ppo2"], 2, "Could not find 'algorithm/ppo2'; available: dapo"),
+    ("an unknown key", ["algorithm.gama=0.9"], 2, "gama"),
+    ("a model shape that cannot work", ["model.hidden_size=130"], 2,
+     "model.hidden_size=130 must be divisible by model.num_heads=4"),
+    ("an unknown dtype", ["model.dtype=float8"], 2, "model.dtype=float8"),
+    ("a missing model directory", ["model=hf", "model.name_or_path={tmp}/absent"], 2, "model.name_or_path="),
+    ("a model directory whose tokenizer has no EOS", ["model=hf", "model.name_or_path={tmp}/no_eos"], 1,
+     "the tokenizer has no eos_token"),
+    ("a LoRA rank out of range", ["model.lora.enabled=true", "model.lora.r=0"], 2, "model.lora.r=0"),
+    ("a task value out of range", ["task.num_eval=0"], 2, "task.num_eval=0"),
+    ("an unknown reward-error mode", ["task.on_reward_error=ignore"], 2, "task.on_reward_error=ignore"),
+    ("a reward function that cannot be imported", ["task.reward._target_=nowhere.reward"], 2,
+     "task: Error locating target 'nowhere.reward'"),
+    ("a hardware value out of range", ["hardware.devices=0"], 2, "hardware.devices=0"),
+    ("an unknown precision", ["hardware.precision=8-bit"], 2, "hardware.precision=8-bit"),
+    ("a batch that does not split over the workers", ["hardware=ddp_cpu", "algorithm.prompts_per_step=63",
+                                                       "algorithm.minibatch_size=63"], 2,
+     "must be a multiple of the number of workers"),
+    ("a micro-batch that does not divide the minibatch", ["hardware.micro_batch_size=5"], 2,
+     "hardware.micro_batch_size=5 must divide"),
+    ("a tracking server without its URL", ["tracking=server"], 2, "tracking=server needs the server's URL"),
+    ("an unusable tracking store", ["tracking=mlflow", "tracking.uri=sqlite:///{tmp}/a_file/sub/mlflow.db"], 1,
+     "is not usable"),
+    ("a checkpoint that does not exist", ["resume={tmp}/missing.ckpt"], 2, "no such checkpoint file"),
+    ("a file that is not an rlexp checkpoint", ["resume={tmp}/foreign.ckpt"], 2,
+     "not a checkpoint of an rlexp online run"),
+    ("a malformed line in a preference file", ["algorithm=dpo", "algorithm.data.path={tmp}/prefs.jsonl"], 1,
+     "prefs.jsonl:2: field 'rejected' is missing"),
+]
+
+
+def _prepare(tmp: Path) -> None:
+    """The files some cases point at."""
+    import torch
+    from rlexp.models import build_char_tokenizer, build_tiny_model
+    (tmp / "a_file").write_text("a file where the store's directory should be")
+    torch.save({"state_dict": {}}, tmp / "foreign.ckpt")
+    good = {"prompt": "01+02=", "chosen": "3", "rejected": "4"}
+    (tmp / "prefs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "01+02=", "chosen": "3"}) + "\n")
+    tok = build_char_tokenizer("0123456789+=")
+    model = build_tiny_model(tok, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, seed=0)
+    model.save_pretrained(tmp / "no_eos")
+    tok.eos_token = None
+    tok.save_pretrained(tmp / "no_eos")
+
+
+def refusal(overrides: list[str], tmp: Path, capsys) -> tuple[int, str]:
+    """``(exit status, the last line on stderr)`` of ``rlexp train <FAST> <overrides>``."""
+    from rlexp.cli import main
+    other_algorithm = any(o.startswith("algorithm=") and o != "algorithm=grpo" for o in overrides)
+    base = [o for o in FAST if not (other_algorithm and o.startswith("algorithm."))]  # keys of PPO's schema
+    with pytest.raises(SystemExit) as e:
+        main(["train", *base, "tracking=none", *[o.format(tmp=tmp) for o in overrides]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    return e.value.code, lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_input")
+    _prepare(tmp)
+    return tmp
+
+
+@pytest.mark.parametrize("what, overrides, status, fragment", TABLE, ids=[row[0] for row in TABLE])
+def test_bad_input_is_refused_with_one_line(what, overrides, status, fragment, scratch, in_tmp, capsys):
+    code, line = refusal(overrides, scratch, capsys)
+    assert code == status, line
+    assert line.startswith("rlexp: ") and fragment in line, line
+    assert not (in_tmp / "outputs").exists() or not list((in_tmp / "outputs").rglob("policy"))  # nothing trained
+
+
+if __name__ == "__main__":  # the README table, with the messages as they are
+    import tempfile
+
+    class _Cap:  # a minimal capsys stand-in for running outside pytest
+        def readouterr(self):
+            out = sys.stderr.getvalue()
+            sys.stderr.truncate(0), sys.stderr.seek(0)
+            return type("R", (), {"err": out})()
+    import io
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        _prepare(tmp)
+        real, sys.stderr = sys.stderr, io.StringIO()
+        rows = []
+        try:
+            for what, overrides, status, fragment in TABLE:
+                code, line = refusal(overrides, tmp, _Cap())
+                rows.append((what, overrides, code, line.replace(str(tmp), "…")))
+        finally:
+            sys.stderr = real
+    print("| what is wrong | example | exit | message |\n| --- | --- | --- | --- |")
+    for what, overrides, code, line in rows:
+        ex = " ".join(o.replace("{tmp}", "…") for o in overrides)
+        print(f"| {what} | `{ex}` | {code} | `{line.replace('|', '/')[:220]}` |")
