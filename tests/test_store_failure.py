@@ -7,34 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from fast_overrides import FAST
 from rlexp.modules.checkpoint import read_rlexp_state
-from rlexp.tracking.ui import free_port, server_command, server_env
+from mlflow_server import mlflow_server
 
 STEPS = 8
 
 
 @pytest.mark.slow
 def test_the_server_dies_mid_run_and_the_run_still_saves_its_work(tmp_path):
-    port, store = free_port(), tmp_path / "server"
-    store.mkdir()
-    server = subprocess.Popen(server_command(f"sqlite:///{store / 'mlflow.db'}", "127.0.0.1", port), cwd=store,
-                              env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+    with mlflow_server(tmp_path / "server") as (url, server):
         args = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.eval_every"))]
         env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
         run = subprocess.Popen([sys.executable, "-m", "rlexp", "train", *args, f"trainer.max_steps={STEPS}",
@@ -48,9 +33,6 @@ def test_the_server_dies_mid_run_and_the_run_still_saves_its_work(tmp_path):
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
         out = run.communicate(timeout=600)[0]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
     assert run.returncode == 1, out[-3000:]
     assert "the run goes on" in out  # said when it happened
     last = out.strip().splitlines()[-1]

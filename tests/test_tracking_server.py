@@ -1,11 +1,6 @@
 """The trained policy as an MLflow artifact, and a shared MLflow tracking server (`tracking=server`)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from fast_overrides import FAST
 from rlexp.cli import main
-from rlexp.tracking.ui import free_port, server_command, server_env
+from mlflow_server import mlflow_server
 
 
 def _check_policy(client: MlflowClient, run_id: str, dest: Path):
@@ -47,22 +42,7 @@ def test_save_policy_false_writes_no_policy(in_tmp):
 def test_runs_and_artifacts_go_to_a_real_tracking_server(tmp_path, in_tmp):
     """`tracking=server tracking.uri=http://…`: a real `mlflow server` (SQLite backend here; PostgreSQL in
     a team) receives the run, its metrics and the uploaded policy."""
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(server_command(f"sqlite:///{store / 'mlflow.db'}", "127.0.0.1", port), cwd=store,
-                            env=server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+    with mlflow_server(tmp_path / "server") as (url, _):
         assert main(["train", *FAST, "tracking=server", f"tracking.uri={url}", "tracking.experiment=team",
                      "tracking.log_model=true", "hydra.run.dir=run"]) == 0
         client = MlflowClient(url)
@@ -71,6 +51,3 @@ def test_runs_and_artifacts_go_to_a_real_tracking_server(tmp_path, in_tmp):
         assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/reward_mean")] == [1, 2]
         _check_policy(client, runs[0].info.run_id, tmp_path / "dl")
         assert not (in_tmp / "mlflow.db").exists()  # nothing went to a local store
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)

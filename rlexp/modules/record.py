@@ -25,19 +25,18 @@ class RunRecorder:
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over all workers (a detached copy; ``t`` itself when there is one worker)."""
-        if self.world[1] == 1:
-            return t
-        import torch.distributed as dist
-        out = t.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return self._all_reduce(t, "SUM")
 
     def all_min(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s minimum over all workers (``t`` itself when there is one worker)."""
+        return self._all_reduce(t, "MIN")
+
+    def _all_reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         if self.world[1] == 1:
             return t
         import torch.distributed as dist
         out = t.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
         return out
 
     def all_mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
