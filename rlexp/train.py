@@ -99,8 +99,10 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             from rlexp.modules.checkpoint import IterationCheckpoint
             from rlexp.modules.data import iteration_loader
             ck = cfg.checkpoint
+            from rlexp.tracking import flatten_config
             ckpt_cb = IterationCheckpoint(Path(ck.dir) if ck.dir else Path(output_dir or launch_dir) / "checkpoints",
-                                          ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all)
+                                          ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all,
+                                          config=flatten_config(cfg))
             callbacks.append(ckpt_cb)
             if resume_state:  # the dataloader continues at the next iteration
                 train_loader = iteration_loader(cfg.trainer.max_steps, start=int(resume_state["iteration"]))
@@ -176,6 +178,13 @@ def _resume_point(cfg, launch_dir: str):
         state = read_rlexp_state(path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: name it
         raise ConfigError(f"resume={path}: cannot be read as an rlexp checkpoint: {type(e).__name__}: {e}") from e
+    from rlexp.modules.checkpoint import config_changes, read_checkpoint_config
+    from rlexp.tracking import flatten_config
+    changed = config_changes(read_checkpoint_config(path), flatten_config(cfg))
+    if changed:
+        raise ConfigError(f"resume={path}: this run's config differs from the checkpointed run's where it decides "
+                          f"the update ({'; '.join(changed[:5])}{'; …' if len(changed) > 5 else ''}): resume with "
+                          f"the same overrides, or start a new run")
     if state["iteration"] >= state.get("max_steps", cfg.trainer.max_steps):
         raise ConfigError(f"resume={path}: that run finished all its {state['iteration']} iterations; to train "
                           f"further, start a new run from its saved policy (model=hf model.name_or_path=<its "

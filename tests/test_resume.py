@@ -126,6 +126,14 @@ def test_checkpoints_are_data_only_and_resume_refuses_what_it_cannot_continue(tm
     with pytest.raises(SystemExit) as e:  # a finished run cannot be resumed: it says what to do instead
         main(["train", *ARGS, "trainer.max_steps=2", "tracking=none", f"resume={ckpt}"])
     assert e.value.code == 2 and "finished all its 2 iterations" in capsys.readouterr().err
+    # a resume that would silently change the update is refused, naming what differs
+    assert main(["train", *ARGS, "trainer.max_steps=4", "checkpoint.keep_all=true", "hydra.run.dir=run4",
+                 "tracking=none"]) == 0
+    early = in_tmp / "run4" / "checkpoints" / "iter-000002.ckpt"
+    with pytest.raises(SystemExit) as e:
+        main(["train", *ARGS, "trainer.max_steps=4", "tracking=none", "algorithm.actor_lr=0.001", f"resume={early}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "differs from the checkpointed run's" in err and "algorithm.actor_lr: 3e-05 -> 0.001" in err
     bogus = tmp_path / "bogus.ckpt"
     torch.save({"state_dict": {}}, bogus)
     with pytest.raises(SystemExit):

@@ -24,8 +24,10 @@ log = logging.getLogger("rlexp")
 
 
 class IterationCheckpoint(L.Callback):
-    def __init__(self, dirpath: str | Path, every_n_steps: int, max_steps: int, keep_all: bool = False):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, max_steps: int, keep_all: bool = False,
+                 config: dict[str, str] | None = None):
         self.dirpath, self.every, self.max_steps, self.keep_all = Path(dirpath), every_n_steps, max_steps, keep_all
+        self.config = config or {}  # the run's flattened config, saved so that a resume can be checked against it
         self.last_path: Path | None = None
         self._interrupt_requested = False
         self._previous_handler = None
@@ -54,6 +56,9 @@ class IterationCheckpoint(L.Callback):
         self._restore_handler()
 
     # ------------------------------------------------------------------ saving
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["rlexp_config"] = dict(self.config)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         done = pl_module.iteration + 1
         stop = trainer.strategy.reduce_boolean_decision(self._interrupt_requested, all=False)  # any worker
@@ -103,6 +108,23 @@ def read_rlexp_state(path: str | Path) -> dict:
     if not state or "iteration" not in state:
         raise ValueError(f"resume={path}: not a checkpoint of an rlexp online run (no rlexp_state)")
     return state
+
+
+#: config keys a resumed run may change: where it runs and records, how often it checkpoints/evaluates,
+#: and how long it runs. Everything else (algorithm, model, task, rollout, seed) decides the update.
+RESUMABLE_CHANGES = ("resume", "checkpoint.", "tracking.", "hardware.", "trainer.", "model.cache_dir")
+
+
+def config_changes(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    """``key: saved -> now`` for each key that differs and decides the update (``RESUMABLE_CHANGES`` aside)."""
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in keys
+            if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, str]:
+    """The flattened config of the run that wrote the checkpoint (``{}`` if it has none)."""
+    return dict(torch.load(path, map_location="cpu", weights_only=True).get("rlexp_config") or {})
 
 
 def find_last_checkpoint(roots: list[Path]) -> Path | None:
