@@ -75,9 +75,9 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     if hw.num_threads:
         torch.set_num_threads(hw.num_threads)
     launch_dir = launch_dir or os.getcwd()
-    from rlexp.config.knobs import dead_overrides
+    from rlexp.config.knobs import dead_model_overrides, dead_overrides
 
-    dead = dead_overrides(cfg.algorithm, overrides or [])
+    dead = {**dead_overrides(cfg.algorithm, overrides or []), **dead_model_overrides(cfg.model, overrides or [])}
     for key, why in dead.items():
         log.warning("%s has no effect in this run: %s", key, why)
     ckpt_path, resume_state = _resume_point(cfg, launch_dir)

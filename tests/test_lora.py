@@ -364,3 +364,15 @@ def test_the_gguf_file_belongs_to_the_source_directory_only(tmp_path):
     assert source_gguf_file(m, tmp_path) == "model.gguf"
     assert source_gguf_file(m, tmp_path / "warmstart") is None  # a warm-started copy: save_pretrained files
     assert source_gguf_file(OmegaConf.create({"name_or_path": str(tmp_path)}), tmp_path) is None
+
+
+def test_lora_keys_set_while_lora_is_off_are_warned_about(mlflow_uri, in_tmp, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from rlexp.cli import main
+    main(["train", *FAST, "model.lora.r=4", f"tracking.uri={mlflow_uri}", "tracking.experiment=dead-lora",
+          "trainer.max_steps=1"])
+    assert "model.lora.r has no effect in this run: model.lora.enabled=false" in capsys.readouterr().out
+    client = MlflowClient(mlflow_uri)
+    run_ = client.search_runs([client.get_experiment_by_name("dead-lora").experiment_id])[0]
+    assert run_.data.tags["rlexp.dead_knobs"] == "model.lora.r"

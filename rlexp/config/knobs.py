@@ -42,3 +42,13 @@ def dead_overrides(algo, overrides: list[str]) -> dict[str, str]:
         return {}
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     return {f"algorithm.{k}": why for k, why in inactive_knobs(algo).items() if f"algorithm.{k}" in keys}
+
+
+def dead_model_overrides(model, overrides: list[str]) -> dict[str, str]:
+    """``{"model.lora.r": reason}`` for LoRA keys set explicitly while LoRA is off."""
+    lora = model.get("lora")
+    if lora is None or lora.get("enabled"):
+        return {}
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    return {k: "model.lora.enabled=false (LoRA is off)" for k in sorted(keys)
+            if k.startswith("model.lora.") and k != "model.lora.enabled"}
