@@ -69,6 +69,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         self.iteration = 0
         self.max_bad_steps, self.skipped_steps = max_bad_steps, 0
         self.micro_batch_size = micro_batch_size  # rows per backward (gradient accumulation); None = minibatch
+        self._pending_rng = None  # a resumed run's random state, applied when its first iteration starts
         self.bad_steps: dict[str, int] = {}  # consecutive non-finite steps, per optimized quantity
         self.total_tokens = 0.0   # cumulative generated tokens (the compute axis of the ScaleRL fit)
         self.total_seconds = 0.0  # cumulative seconds spent in training_step
@@ -299,14 +300,30 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
 
     def _fill_rollout_stats(self, exp: dict, idx: torch.Tensor, mb: dict) -> None:
         """Scatter the single pass's log-probs and entropy (rows ``idx``, first ``T`` positions) into ``exp``
-        as ``old_logprobs``/``rollout_entropy``, and the KL to the reference, as `make_experience` would."""
+        as ``old_logprobs``/``rollout_entropy``, as `make_experience` would have computed them."""
         T = mb["old_logprobs"].shape[1]
         for src, dst in (("old_logprobs", "old_logprobs"), ("entropy", "rollout_entropy")):
             if dst not in exp:
                 exp[dst] = torch.zeros_like(exp["mask"])
             exp[dst][idx, :T] = mb[src].to(exp[dst].dtype)
-        if "ref_logprobs" in exp:
-            exp["kl"] = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], self.algo.kl_estimator) * exp["mask"]
+
+    def _accumulated_step(self, opt, params, name: str, mb: dict, micro: list[torch.Tensor], mode: str,
+                          loss_fn) -> tuple[dict, torch.Tensor]:
+        """One optimizer step on minibatch ``mb``: ``loss_fn(micro_batch, rows, denominator) -> (loss, metrics)``
+        for each micro-batch, every loss normalized by the whole minibatch's ``mode`` denominator over all
+        workers and backpropagated, then the accumulated gradient applied. Returns the minibatch's metrics
+        and the gradient norm (NaN for a step not applied)."""
+        den = self._denominator(mb["loss_mask"], mode)
+        opt.zero_grad(set_to_none=True)
+        parts, bad = [], None
+        for rows in micro:
+            m = self._take(mb, rows) if len(micro) > 1 else mb
+            loss, metrics = loss_fn(m, rows, den)
+            parts.append(metrics)
+            bad = self._backward(loss, name)
+            if bad:
+                break
+        return self._combine(parts), self._optimizer_step(opt, params, name, bad)
 
     def update(self, exp: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """``ppo_epochs`` passes of shuffled minibatches, each one optimizer step of the actor (and one of
@@ -317,53 +334,42 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         acc: dict[str, list[torch.Tensor]] = defaultdict(list)
         fill = "old_logprobs" not in exp  # single pass: the rollout diagnostics come from the update's forward
         actor_params = list(self.actor.parameters())
+        critic_params = list(self.critic.parameters()) if self.critic is not None else []
         for _ in range(a.ppo_epochs):
             for idx in self._minibatches(exp["mask"].shape[0], g):
                 idx = idx.to(exp["mask"].device)
                 mb = self._take(exp, idx)
                 micro = [r.to(idx.device) for r in self._micro_slices(idx.shape[0])]
-                den = self._denominator(mb["loss_mask"], a.loss_agg)
-                opts[0].zero_grad(set_to_none=True)
-                parts, bad = [], None
-                for rows in micro:
-                    m = self._take(mb, rows) if len(micro) > 1 else mb
+
+                def actor_loss(m, rows, den):
                     loss, metrics = self._minibatch_loss(m, den)
                     if fill:
                         self._fill_rollout_stats(exp, idx[rows], m)
-                    parts.append(metrics)
-                    bad = self._backward(loss, "train/policy_loss")
-                    if bad:
-                        break
-                metrics = self._combine(parts)
-                metrics["grad_norm"] = self._optimizer_step(opts[0], actor_params, "train/policy_loss", bad)
+                    return loss, metrics
+                metrics, grad_norm = self._accumulated_step(opts[0], actor_params, "train/policy_loss", mb, micro,
+                                                            a.loss_agg, actor_loss)
+                metrics["grad_norm"] = grad_norm
                 if self.critic is not None:
-                    metrics.update(self._critic_step(opts[1], mb, micro))
+                    critic_metrics, grad_norm = self._accumulated_step(opts[1], critic_params, "train/value_loss", mb,
+                                                                       micro, "token-mean", self._critic_loss)
+                    metrics.update(critic_metrics, critic_grad_norm=grad_norm)
                 for k, v in metrics.items():
                     acc[k].append(v.float())
+        if fill and "ref_logprobs" in exp:  # the KL diagnostic of the single pass's log-probs
+            exp["kl"] = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], a.kl_estimator) * exp["mask"]
         return acc
 
-    def _critic_step(self, opt, mb: dict, micro: list[torch.Tensor]) -> dict:
-        """One optimizer step of the critic on minibatch ``mb`` (token-mean over all workers' tokens)."""
-        den = self._denominator(mb["loss_mask"], "token-mean")
-        opt.zero_grad(set_to_none=True)
-        parts, bad = [], None
-        for rows in micro:
-            m = self._take(mb, rows) if len(micro) > 1 else mb
-            values = response_values(self.critic, m["prompt_ids"], m["prompt_mask"], m["response_ids"], m["mask"])
-            vloss, vmetrics = core.value_loss(values, m["old_values"], m["returns"], m["loss_mask"],
-                                              clip_eps=self.algo.value_clip_eps, denominator=den)
-            parts.append({**vmetrics, "value_loss": vloss.detach()})
-            bad = self._backward(vloss, "train/value_loss")
-            if bad:
-                break
-        metrics = self._combine(parts)
-        metrics["critic_grad_norm"] = self._optimizer_step(opt, list(self.critic.parameters()), "train/value_loss", bad)
-        return metrics
+    def _critic_loss(self, m: dict, rows, den: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The critic's value loss on micro-batch ``m`` (token-mean over all workers' tokens: ``den``)."""
+        values = response_values(self.critic, m["prompt_ids"], m["prompt_mask"], m["response_ids"], m["mask"])
+        vloss, vmetrics = core.value_loss(values, m["old_values"], m["returns"], m["loss_mask"],
+                                          clip_eps=self.algo.value_clip_eps, denominator=den)
+        return vloss, {**vmetrics, "value_loss": vloss.detach()}
 
     # ------------------------------------------------------------------ one RL iteration
     def training_step(self, iteration, batch_idx):
         self.iteration = int(iteration)
-        if getattr(self, "_pending_rng", None) is not None:  # resumed: the random state of the checkpoint
+        if self._pending_rng is not None:  # resumed: the random state of the checkpoint
             from rlexp.modules.checkpoint import set_rng_state
             set_rng_state(self._pending_rng)
             self._pending_rng = None
