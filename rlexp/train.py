@@ -98,8 +98,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         if cfg.algorithm.module == "online":  # checkpoints at iteration boundaries, Ctrl-C at one
             from rlexp.modules.checkpoint import IterationCheckpoint
             from rlexp.modules.data import iteration_loader
-            ck = cfg.checkpoint
             from rlexp.tracking import flatten_config
+            ck = cfg.checkpoint
             ckpt_cb = IterationCheckpoint(Path(ck.dir) if ck.dir else Path(output_dir or launch_dir) / "checkpoints",
                                           ck.every_n_steps, cfg.trainer.max_steps, keep_all=ck.keep_all,
                                           config=flatten_config(cfg))
@@ -161,7 +161,8 @@ def _resume_point(cfg, launch_dir: str):
     resume = cfg.get("resume")
     if resume is None:
         return None, None
-    from rlexp.modules.checkpoint import find_last_checkpoint, read_rlexp_state
+    from rlexp.modules.checkpoint import config_changes, find_last_checkpoint, read_checkpoint
+    from rlexp.tracking import flatten_config
     if cfg.algorithm.get("module") != "online":
         raise ConfigError(f"resume={resume}: resuming is supported for the online algorithms (PPO, the GRPO "
                           f"family); algorithm={cfg.algorithm.name} runs are short: start them again")
@@ -175,12 +176,10 @@ def _resume_point(cfg, launch_dir: str):
     else:
         path = Path(str(resume)).expanduser()
     try:
-        state = read_rlexp_state(path)
+        state, saved_config = read_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: name it
         raise ConfigError(f"resume={path}: cannot be read as an rlexp checkpoint: {type(e).__name__}: {e}") from e
-    from rlexp.modules.checkpoint import config_changes, read_checkpoint_config
-    from rlexp.tracking import flatten_config
-    changed = config_changes(read_checkpoint_config(path), flatten_config(cfg))
+    changed = config_changes(saved_config, flatten_config(cfg))
     if changed:
         raise ConfigError(f"resume={path}: this run's config differs from the checkpointed run's where it decides "
                           f"the update ({'; '.join(changed[:5])}{'; …' if len(changed) > 5 else ''}): resume with "
@@ -204,11 +203,12 @@ def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:
 
     from rlexp.models.export import export_policy
 
-    log_model = logger is not None and cfg.tracking.get("log_model", False)
-    if not trainer.is_global_zero or not (cfg.trainer.get("save_policy", True) and output_dir or log_model):
+    save = bool(output_dir) and cfg.trainer.save_policy
+    log_model = logger is not None and cfg.tracking.log_model
+    if not trainer.is_global_zero or not (save or log_model):
         return
     with tempfile.TemporaryDirectory() as tmp:
-        target = Path(output_dir) / "policy" if output_dir and cfg.trainer.get("save_policy", True) else Path(tmp)
+        target = Path(output_dir) / "policy" if save else Path(tmp)
         export_policy(module.policy_model, module.tokenizer, target)
         log.info("Trained policy saved with save_pretrained at %s", target)
         if log_model:

@@ -101,13 +101,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read_rlexp_state(path: str | Path) -> dict:
-    """The ``rlexp_state`` of a checkpoint (iteration, MLflow run id...), read with ``weights_only=True``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """``(rlexp_state, run config)`` of a checkpoint: its iteration, MLflow run id... and the flattened config
+    of the run that wrote it (``{}`` if none). Read with ``weights_only=True`` and memory-mapped, so the
+    model and optimizer tensors are not read from disk."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = ckpt.get("rlexp_state")
     if not state or "iteration" not in state:
         raise ValueError(f"resume={path}: not a checkpoint of an rlexp online run (no rlexp_state)")
-    return state
+    return state, dict(ckpt.get("rlexp_config") or {})
+
+
+def read_rlexp_state(path: str | Path) -> dict:
+    """The ``rlexp_state`` of a checkpoint (see `read_checkpoint`)."""
+    return read_checkpoint(path)[0]
 
 
 #: config keys a resumed run may change: where it runs and records, how often it checkpoints/evaluates,
@@ -120,11 +127,6 @@ def config_changes(saved: dict[str, str], now: dict[str, str]) -> list[str]:
     keys = sorted(set(saved) | set(now))
     return [f"{k}: {saved.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in keys
             if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES)]
-
-
-def read_checkpoint_config(path: str | Path) -> dict[str, str]:
-    """The flattened config of the run that wrote the checkpoint (``{}`` if it has none)."""
-    return dict(torch.load(path, map_location="cpu", weights_only=True).get("rlexp_config") or {})
 
 
 def find_last_checkpoint(roots: list[Path]) -> Path | None:
