@@ -70,10 +70,9 @@ def _composition_error(args: list[str]) -> str | None:
     except MissingConfigException as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         head = lines[0].split(": ", 1)[-1]
-        opts = lines[lines.index(next(ln for ln in lines if ln.startswith("Available options"))) + 1:] \
-            if any(ln.startswith("Available options") for ln in lines) else []
-        opts = [o for o in opts if not o.startswith(("Config search path", "provider="))]
-        return f"{head}" + (f"; available: {', '.join(opts)}" if opts else "")
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("Available options")), len(lines))
+        opts = [o for o in lines[start + 1:] if not o.startswith(("Config search path", "provider="))]
+        return head + (f"; available: {', '.join(opts)}" if opts else "")
     except ConfigCompositionException as e:
         cause = e.__cause__ or e.__context__
         detail = str(cause).splitlines()[0] if cause is not None and str(cause) else ""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from rlexp.core import entropy_from_logits, logprobs_from_logits
+from rlexp.models.lora import unwrap
 
 
 def sequence_inputs(prompt_ids, prompt_mask, response_ids, mask):
@@ -35,7 +36,7 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=False, logits_to_keep=T + 1)
         return out.logits[:, :-1]
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: its LoRA layers sit inside
+    lm = unwrap(model)  # PEFT: its LoRA layers sit inside
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]   # [B, T, H]
     head = lm.get_output_embeddings()

@@ -124,9 +124,8 @@ class RunLogger(MLFlowLogger):
     def unlogged_summary(self) -> str:
         metric_steps = list(dict.fromkeys(w.rsplit(" ", 1)[1] for w in self.unlogged if w.startswith("metrics of step ")))
         other = [w for w in self.unlogged if not w.startswith("metrics of step ")]
-        parts = [f"metrics of {len(metric_steps)} step(s) ({', '.join(metric_steps[:3])}"
-                 f"{', …' if len(metric_steps) > 3 else ''}{', ' + metric_steps[-1] if len(metric_steps) > 3 else ''})"
-                 ] if metric_steps else []
+        shown = metric_steps if len(metric_steps) <= 3 else [*metric_steps[:3], "…", metric_steps[-1]]
+        parts = [f"metrics of {len(metric_steps)} step(s) ({', '.join(shown)})"] if metric_steps else []
         return "; ".join(parts + other)
 
 
@@ -229,19 +228,14 @@ def mark_run_status(logger: MLFlowLogger | None, status: str) -> None:
 class RunArtifacts(L.Callback):
     """Logs the module's pending sample tables and the warm-start report as MLflow artifacts."""
 
-    def __init__(self, logger: MLFlowLogger, warmstart_info: dict | None = None):
+    def __init__(self, logger: RunLogger, warmstart_info: dict | None = None):
         self.logger, self.warmstart_info = logger, warmstart_info or {}
 
     def on_train_start(self, trainer, pl_module):
         if self.warmstart_info:
-            self._guarded("warmstart.json", self.logger.experiment.log_dict, self.logger.run_id, self.warmstart_info,
-                          "warmstart.json")
+            self.logger.guarded("warmstart.json", self.logger.experiment.log_dict, self.logger.run_id,
+                                self.warmstart_info, "warmstart.json")
         self._flush(pl_module)
-
-    def _guarded(self, what, fn, *args, **kwargs):
-        if isinstance(self.logger, RunLogger):
-            return self.logger.guarded(what, fn, *args, **kwargs)
-        return fn(*args, **kwargs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._flush(pl_module)
@@ -250,5 +244,6 @@ class RunArtifacts(L.Callback):
         while getattr(pl_module, "pending_samples", None):
             step, rows = pl_module.pending_samples.pop(0)
             table = {k: [r[k] for r in rows] for k in rows[0]}
-            self._guarded(f"samples/eval_step_{step:06d}.json", self.logger.experiment.log_table, self.logger.run_id,
-                          data=table, artifact_file=f"samples/eval_step_{step:06d}.json")
+            name = f"samples/eval_step_{step:06d}.json"
+            self.logger.guarded(name, self.logger.experiment.log_table, self.logger.run_id, data=table,
+                                artifact_file=name)
