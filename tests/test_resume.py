@@ -161,3 +161,19 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another(tmp_path, uni
     _assert_same_metrics(_run_in(tmp_path / "same"), uninterrupted)
     other = _run_in(tmp_path / "other", ["seed=1"])
     assert other["train/reward_mean"] != uninterrupted["train/reward_mean"]
+
+
+def test_checkpoint_knobs_decide_where_and_how_often(tmp_path, in_tmp):
+    """every_n_steps: which iterations get a checkpoint (the last always does); keep_all: the numbered
+    copies; dir: where they go."""
+    def written(extra, where):
+        assert main(["train", *ARGS, "trainer.max_steps=3", "tracking=none", "trainer.save_policy=false", *extra]) == 0
+        return sorted(p.name for p in where.iterdir())
+    every1 = written(["checkpoint.every_n_steps=1", "checkpoint.keep_all=true", "hydra.run.dir=a"], in_tmp / "a" / "checkpoints")
+    assert every1 == ["iter-000001.ckpt", "iter-000002.ckpt", "iter-000003.ckpt", "last.ckpt"]
+    every2 = written(["checkpoint.every_n_steps=2", "checkpoint.keep_all=true", "hydra.run.dir=b"], in_tmp / "b" / "checkpoints")
+    assert every2 == ["iter-000002.ckpt", "iter-000003.ckpt", "last.ckpt"]
+    assert written(["checkpoint.every_n_steps=2", "hydra.run.dir=c"], in_tmp / "c" / "checkpoints") == ["last.ckpt"]
+    elsewhere = tmp_path / "elsewhere"
+    assert written([f"checkpoint.dir={elsewhere}", "hydra.run.dir=d"], elsewhere) == ["last.ckpt"]
+    assert not (in_tmp / "d" / "checkpoints").exists()
