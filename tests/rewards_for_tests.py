@@ -24,3 +24,11 @@ def chokes_on_a_digit(prompts, completions, *, targets, finished, **kwargs):
             raise ValueError(f"cannot parse {c!r}")
         out.append(float(done and c == t))
     return out
+
+
+def fails_on_batches(prompts, completions, *, targets, finished, **kwargs):
+    """Raises on any batch of more than one completion, scores one alone (exact match): a verifier with
+    a batching bug, or a flaky one, that can score every completion when asked one at a time."""
+    if len(completions) > 1:
+        raise RuntimeError(f"verifier overloaded by {len(completions)} completions")
+    return [float(done and c == t) for c, t, done in zip(completions, targets, finished)]

@@ -35,13 +35,25 @@ def test_non_finite_rewards_are_skipped_or_named():
     assert _call(nan_on_b, ["a", "b"], on_error="skip")[1] is None
 
 
-def test_a_failure_of_the_whole_batch_only_cannot_be_skipped():
-    def batch_bug(prompts, completions, **kw):
-        if len(completions) > 1:
-            raise RuntimeError("batching bug")
-        return [1.0]
-    with pytest.raises(RewardError, match="raised RuntimeError: batching bug"):
-        _call(batch_bug, ["a", "b"], on_error="skip")
+def test_a_failure_of_the_whole_batch_only_is_named_or_skipped_with_the_values_kept():
+    """Every completion scores alone: ``raise`` names the batching bug; ``skip`` keeps the values."""
+    from rewards_for_tests import fails_on_batches
+    with pytest.raises(RewardError, match=r"^reward function rewards_for_tests.fails_on_batches raised RuntimeError: "
+                                          r"verifier overloaded by 3 completions on the whole batch of 3 completions, "
+                                          r"but scored each of them alone[^\n]*$"):
+        _call(fails_on_batches, ["1", "2", "1"])
+    assert _call(fails_on_batches, ["1", "2", "1"], on_error="skip") == [[0.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+
+
+def test_skip_trains_through_a_verifier_that_fails_on_batches_only(mlflow_uri, in_tmp):
+    """Each batch call raises and each completion alone scores: the run finishes with nothing unscorable."""
+    assert main(["train", *FAST, "task.reward._target_=rewards_for_tests.fails_on_batches",
+                 "task.on_reward_error=skip", f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_batch_bug"]) == 0
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("reward_batch_bug").experiment_id])[0]
+    errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
+    rows = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_rows_frac")]
+    assert run.info.status == "FINISHED" and errors == [0.0, 0.0] and all(r > 0 for r in rows)
 
 
 def test_a_run_stops_with_the_completion_named(mlflow_uri, in_tmp, capsys):
@@ -63,7 +75,7 @@ def test_skip_leaves_the_completions_out_of_the_loss_and_counts_them(mlflow_uri,
     run = client.search_runs([client.get_experiment_by_name("reward_skip").experiment_id])[0]
     errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
     rows = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_rows_frac")]
-    assert run.info.status == "FINISHED" and len(errors) == 2 and sum(errors) > 0
+    assert run.info.status == "FINISHED" and len(errors) == len(rows) == 2 and sum(errors) > 0
     # FAST: 8 completions per iteration; the skipped ones are no loss rows
     assert all(r <= 1 - e / 8 + 1e-6 for r, e in zip(rows, errors))
 

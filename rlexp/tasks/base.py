@@ -17,9 +17,12 @@ Accept ``**kwargs`` so that fields added later do not break your function.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, tar
 
     When ``fn`` raises, it is called again on each completion alone to find the one at fault, and the
     error names the function and that completion. ``on_error="skip"`` instead scores such completions
-    (and those with a non-finite reward) as missing: ``None`` in their place.
+    (and those with a non-finite reward) as missing: ``None`` in their place. When it raises on the
+    whole batch but on no completion alone, ``skip`` uses the scores of each alone.
     """
     name = _fn_name(fn)
     kw = dict(targets=targets, completion_ids=completion_ids, completion_tokens=completion_tokens, finished=finished)
@@ -92,10 +96,18 @@ def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, tar
     return token_rewards
 
 
+def _one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (``Type`` alone for an empty message)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
     """``fn`` on each completion alone: its values, ``None`` where it raises (``skip``); with ``raise``,
-    a RewardError naming the first completion it raises on."""
-    out = []
+    a RewardError naming the first completion it raises on. When it raises on none of them alone, the
+    batch call's failure is the function's own (a batching bug, or a flaky verifier): ``skip`` keeps
+    the values of each alone (all scorable), ``raise`` names the function and says so."""
+    out, raised = [], 0
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in kw.items()}
         try:
@@ -103,13 +115,26 @@ def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
         except Exception as e:  # noqa: BLE001
             if on_error == "skip":
                 out.append(None)
+                raised += 1
                 continue
-            raise RewardError(f"reward function {name} raised {type(e).__name__}: {e} on completion {i} "
+            raise RewardError(f"reward function {name} raised {_one_line(e)} on completion {i} "
                               f"{completions[i]!r} (prompt {prompts[i]!r}); task.on_reward_error=skip scores "
                               f"such completions as missing instead") from e
-    if all(r is not None for r in out):  # it fails only on the whole batch: nothing to skip
-        raise RewardError(f"reward function {name} raised {type(error).__name__}: {error}") from error
+    if raised:
+        return out
+    whole = (f"reward function {name} raised {_one_line(error)} on the whole batch of {len(completions)} "
+             f"completions, but scored each of them alone")
+    if on_error != "skip":
+        raise RewardError(f"{whole}: a bug in how it handles a batch (or a flaky verifier); "
+                          f"task.on_reward_error=skip uses the scores of each alone") from error
+    if name not in _warned_batch:
+        _warned_batch.add(name)
+        log.warning("%s: using the scores of each alone (warned once)", whole)
     return out
+
+
+#: reward functions already warned about failing on whole batches only (one warning per process)
+_warned_batch: set[str] = set()
 
 
 class Task:
