@@ -10,8 +10,8 @@
 
 Only light modules are imported here; mlflow, scipy and matplotlib load when a function needs them.
 """
-from rlexp.compare.aggregate import (DEFAULT_METRIC, ConfigStats, Group, differing_keys, group_runs, mean_ci,
-                                     metric_value, summarize)
+from rlexp.compare.aggregate import (DEFAULT_METRIC, ConfigStats, Group, canonical, differing_keys, group_runs,
+                                     mean_ci, metric_value, summarize, unify_values)
 from rlexp.compare.cli import main
 from rlexp.compare.fit import FitError, fit_points, fit_runs, fit_sigmoid, sigmoid_curve
 from rlexp.compare.report import write_report
@@ -20,6 +20,7 @@ from rlexp.compare.table import failure_summary, html_table, rich_table
 
 __all__ = [
     "DEFAULT_METRIC", "CompareError", "ConfigStats", "FitError", "Group", "RunRecord", "SweepParent",
-    "differing_keys", "failure_summary", "fit_points", "fit_runs", "fit_sigmoid", "group_runs", "html_table",
-    "load_runs", "main", "mean_ci", "metric_value", "rich_table", "sigmoid_curve", "summarize", "write_report",
+    "canonical", "differing_keys", "failure_summary", "fit_points", "fit_runs", "fit_sigmoid", "group_runs",
+    "html_table", "load_runs", "main", "mean_ci", "metric_value", "rich_table", "sigmoid_curve", "summarize",
+    "unify_values", "write_report",
 ]

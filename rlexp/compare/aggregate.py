@@ -4,7 +4,9 @@ A *configuration* is a set of runs that share every param that matters for compa
 all params except ``seed`` and the bookkeeping keys in ``IGNORED_PREFIXES`` (so the seeds of one
 configuration pool together); ``by=[...]`` groups by exactly the keys given. The *differing keys*
 are the grouping keys whose values differ between configurations — they name each configuration
-(``clip_eps=0.1 lam=0.95``) and become the comparison table's columns.
+(``clip_eps=0.1 lam=0.95``) and become the comparison table's columns. Values are compared by what
+they mean (``canonical``): MLflow keeps params as the strings they were logged as, so ``lam=1`` and
+``lam=1.0`` are one configuration, shown as the first run spelled it (``unify_values``).
 
 Per configuration ``summarize`` gives the metric's mean over FINISHED runs, the half-width of its
 95% Student-t confidence interval ``t_{0.975, n-1} · s / √n`` (undefined for n = 1), n, and the
@@ -12,9 +14,12 @@ number of FAILED runs. Tables and plots live in ``table.py`` and ``report.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from rlexp.compare.runs import CompareError, RunRecord
 
@@ -27,6 +32,47 @@ IGNORED_PREFIXES = ("tracking.", "hardware.num_threads", "trainer.progress_bar",
 def short_key(key: str) -> str:
     """``algorithm.clip_eps`` → ``clip_eps`` (other groups keep their prefix: ``model.name``)."""
     return key.removeprefix("algorithm.")
+
+
+# a decimal number as Python, YAML or Hydra writes one: 1, -2, 1.0, .5, 1.00, 1e0, 2.5E-3, inf, nan
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def canonical(v: str | None):
+    """What a logged param value means, for telling configurations apart (``None`` stays ``None``).
+
+    A number is its exact decimal value — ``1``, ``1.0``, ``1.00``, ``1e0``, ``+1`` are one, ``-0`` is
+    ``0``, and integers keep every digit (no rounding through float) — written as ``(digits, exponent)``
+    without trailing zeros: ``("number", "1e0")``. ``true``/``True``/``TRUE`` are one boolean (``false``
+    likewise). Any other string is itself, case and all (``v1`` and ``v1.0`` stay two values).
+    """
+    if v is None:
+        return None
+    if _NUMBER.fullmatch(v):
+        d = Decimal(v)
+        if not d.is_finite():
+            return "number", "nan" if d.is_nan() else ("-inf" if d < 0 else "inf")
+        sign, digits, exp = d.as_tuple()
+        text = "".join(map(str, digits)).lstrip("0")
+        if not text:
+            return "number", "0"
+        stripped = text.rstrip("0")
+        return "number", f"{'-' if sign else ''}{stripped}e{exp + len(text) - len(stripped)}"
+    if v.lower() in ("true", "false"):
+        return "bool", v.lower()
+    return "text", v
+
+
+def unify_values(runs: list[RunRecord]) -> list[RunRecord]:
+    """The runs with every param value spelled as the first run (in the given order) that logged the
+    same value for that key spelled it (``canonical``): after ``lam=1.0``, a run's ``lam=1`` reads
+    ``1.0``. Runs whose params change are copies; the records given are not modified."""
+    first: dict[tuple[str, object], str] = {}
+    out = []
+    for r in runs:
+        params = {k: first.setdefault((k, canonical(v)), v) for k, v in r.params.items()}
+        out.append(r if params == r.params else dataclasses.replace(r, params=params))
+    return out
 
 
 def sort_value(v: str | None):
@@ -87,7 +133,9 @@ def comparable_keys(runs: list[RunRecord]) -> list[str]:
 
 
 def group_runs(runs: list[RunRecord], *, by: list[str] | None = None) -> list[Group]:
-    """Group runs into configurations, ordered by their key values (numbers numerically)."""
+    """Group runs into configurations (values compared by ``canonical``, shown as ``unify_values``
+    spells them), ordered by their key values (numbers numerically)."""
+    runs = unify_values(runs)
     if by is not None:
         by = [k.strip() for k in by if k.strip()]
         if not by:

@@ -70,12 +70,13 @@ def _safe_name(name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, summarize
+    from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, summarize, unify_values
     from rlexp.compare.runs import load_runs, log_report
     from rlexp.compare.table import failure_summary, rich_table
 
     uri = resolve_tracking_uri(args.tracking_uri)
     runs, parent = load_runs(uri, experiment=args.experiment, sweep=args.sweep)
+    runs = unify_values(runs)  # lam=1 and lam=1.0 are one configuration, in the table and the report
     check_metric(runs, args.metric)
     groups = group_runs(runs, by=args.by.split(",") if args.by is not None else None)
     differing = differing_keys(groups)

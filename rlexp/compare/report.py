@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlexp.compare import plots
-from rlexp.compare.aggregate import DEFAULT_METRIC, Group, differing_keys, summarize
+from rlexp.compare.aggregate import DEFAULT_METRIC, Group, differing_keys, summarize, unify_values
 from rlexp.compare.fit import FitError, fit_points, fit_sigmoid
 from rlexp.compare.runs import RunRecord
 from rlexp.compare.table import NO_VALUE, failure_summary, html_table
@@ -98,6 +98,7 @@ def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    runs = unify_values(runs)  # the heatmap's cells: lam=1 and lam=1.0 are one
     differing = differing_keys(groups)
     stats = summarize(groups, metric)
     title = title or f"rlexp comparison — {metric}"
