@@ -5,7 +5,8 @@ all called the same way::
 
     est = ADVANTAGE_ESTIMATORS.get(name)
     advantages, returns = est(rewards, values, mask, gamma=..., lam=...,
-                              group_size=..., scale=..., eps=...)   # [B, T] each
+                              group_size=..., scale=..., eps=...,
+                              all_reduce=..., valid=...)            # [B, T] each
 
 Arguments an estimator does not use are ignored (``values`` may then be ``None``);
 ``est.uses`` names the algorithm config keys it reads and ``est.needs_critic`` says
@@ -13,6 +14,14 @@ whether it needs ``values``.  Critic-free estimators score a completion by
 ``s_b = Σ_t rewards[b,t]·mask[b,t]`` and compare it with the other completions of its
 prompt: completions of one prompt are consecutive rows, in groups of ``group_size``
 (``B % group_size == 0``).  Group-wise helpers work on scores ``[B]``.
+
+Unscorable rows: ``valid`` (optional bool ``[B]``, True = the reward function scored the
+completion; ``None`` = every row) marks completions without a reward
+(``task.on_reward_error=skip``).  They leave every statistic: the group mean, the group and
+batch stds, the zero-variance test, the pass rate and the RLOO baseline are taken over the
+valid rows only, and an invalid row's advantage is exactly 0 (as in TRL).  ``gae`` accepts
+``valid`` and ignores it (its rows are dropped by the loss and whitening masks).  With
+``valid`` None or all True every result is bit-identical to not passing it.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Callable
 import torch
 
 from .registry import Registry
-from .stats import as_bool_mask, masked_fill_zero
+from .stats import as_bool_mask, masked_count, masked_fill_zero
 
 Tensor = torch.Tensor
 
@@ -37,7 +46,8 @@ SCALES = ("group", "batch", "none")
 class AdvantageEstimator:
     """A registered estimator: ``fn`` plus what it needs from the config.
 
-    ``fn(rewards, values, mask, *, gamma, lam, group_size, scale, eps) -> (adv, ret)``;
+    ``fn(rewards, values, mask, *, gamma, lam, group_size, scale, eps, all_reduce, valid)
+    -> (adv, ret)``;
     ``needs_critic``: reads ``values``; ``uses``: algorithm config keys it reads.
     """
 
@@ -58,11 +68,13 @@ class AdvantageEstimator:
         scale: str = "group",
         eps: float = 1e-6,
         all_reduce=None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """rewards, values, mask: ``[B, T]`` -> ``(advantages, returns)``, both ``[B, T]``.
-        ``all_reduce`` sums a tensor over data-parallel workers, for batch-level statistics."""
-        return self.fn(rewards, values, mask, gamma=gamma, lam=lam,
-                       group_size=group_size, scale=scale, eps=eps, all_reduce=all_reduce)
+        ``all_reduce`` sums a tensor over data-parallel workers, for batch-level statistics;
+        ``valid``: bool ``[B]``, False for rows without a reward (they leave the statistics)."""
+        return self.fn(rewards, values, mask, gamma=gamma, lam=lam, group_size=group_size,
+                       scale=scale, eps=eps, all_reduce=all_reduce, valid=valid)
 
 
 def _register(name: str, needs_critic: bool, uses: frozenset[str]):
@@ -113,6 +125,7 @@ def gae(
 
 @_register("gae", needs_critic=True, uses=frozenset({"gamma", "lam"}))
 def _gae_estimator(rewards, values, mask, *, gamma, lam, **_unused):
+    # valid is ignored: unscorable rows leave GAE through the loss and whitening masks.
     if values is None:
         raise ValueError("advantage estimator 'gae' needs values (a critic); got None")
     return gae(rewards, values, mask, gamma, lam)
@@ -137,26 +150,75 @@ def _groups(scores: Tensor, group_size: int) -> Tensor:
     return scores.reshape(B // G, G)
 
 
-def zero_std_groups(scores: Tensor, group_size: int) -> Tensor:
-    """True for groups whose scores are all exactly equal (no learning signal).
+def _valid_groups(valid: Tensor | None, scores: Tensor, group_size: int, fn: str) -> Tensor | None:
+    """``valid`` ``[B]`` -> bool ``[B // G, G]``; None when every row is valid (``valid`` None or
+    all True), so that callers keep their all-rows formulas bit for bit.  ValueError unless
+    ``valid`` is a tensor of shape ``[B]`` (``scores`` already checked by :func:`_groups`)."""
+    if valid is None:
+        return None
+    B = scores.shape[0]
+    if not isinstance(valid, torch.Tensor) or tuple(valid.shape) != (B,):
+        got = tuple(valid.shape) if isinstance(valid, torch.Tensor) else type(valid).__name__
+        raise ValueError(f"{fn}: valid must be a bool tensor of shape [B]=({B},) like scores, "
+                         f"got {got}")
+    v = as_bool_mask(valid)
+    return None if bool(v.all()) else v.reshape(B // group_size, group_size)
 
-    scores: ``[B]`` -> bool ``[B // group_size]``.
+
+def _flat(g: Tensor, v: Tensor | None) -> Tensor:
+    """Zero-std test on groups ``g`` ``[N, G]``: all valid scores equal (< 2 valid rows: True).
+
+    Each group's valid scores are compared with its first valid one (``argmax`` returns the
+    first True); invalid rows pass whatever they hold.  -> bool ``[N]``.
+    """
+    if v is None:
+        return (g == g[:, :1]).all(dim=-1)
+    first = g.gather(-1, v.to(torch.int8).argmax(dim=-1, keepdim=True))
+    return ((g == first) | ~v).all(dim=-1)
+
+
+def zero_std_groups(scores: Tensor, group_size: int, valid: Tensor | None = None) -> Tensor:
+    """True for groups whose valid scores are all exactly equal (no learning signal), including
+    groups with fewer than 2 valid rows.
+
+    scores: ``[B]``; valid: optional bool ``[B]`` (True = scored; None = all) -> bool ``[B // G]``.
     """
     g = _groups(scores, group_size)
-    return (g == g[:, :1]).all(dim=-1)
+    return _flat(g, _valid_groups(valid, scores, group_size, "zero_std_groups"))
 
 
-def group_pass_rate(scores: Tensor, group_size: int, threshold: float = 1.0) -> Tensor:
-    """Fraction of each group's scores ``>= threshold``: ``(1/G) Σ_{i∈g} [s_i >= thr]``.
+def group_pass_rate(scores: Tensor, group_size: int, threshold: float = 1.0,
+                    valid: Tensor | None = None) -> Tensor:
+    """Fraction of each group's valid scores ``>= threshold``:
+    ``(1/n_g) Σ_{i∈g, valid} [s_i >= thr]`` with ``n_g`` valid rows; 0 when ``n_g = 0``.
 
-    scores: ``[B]`` -> float ``[B // group_size]`` (dtype of ``scores`` if floating).
+    scores: ``[B]``; valid: optional bool ``[B]`` (None = all rows, ``n_g = G``)
+    -> float ``[B // group_size]`` (dtype of ``scores`` if floating).
     """
     g = _groups(scores, group_size)
-    return (g >= threshold).to(_float(scores).dtype).mean(dim=-1)
+    dtype = _float(scores).dtype
+    v = _valid_groups(valid, scores, group_size, "group_pass_rate")
+    if v is None:
+        return (g >= threshold).to(dtype).mean(dim=-1)
+    n = masked_count(v, dtype, dim=-1)
+    return ((g >= threshold) & v).to(dtype).sum(dim=-1) / n.clamp(min=1)
+
+
+def _valid_batch_std(s: Tensor, v: Tensor, all_reduce) -> Tensor:
+    """Unbiased std of the valid scores of the batch (of all workers when ``all_reduce`` sums over
+    them): ``n = Σ v``, ``μ = Σ_v s / n``, ``sqrt(Σ_v (s - μ)² / (n - 1))``, 0 if ``n < 2``.
+    s, v: ``[B]``.  Reduces (n, Σs, Σ(s-μ)²) in the same order as the all-valid path."""
+    reduce = all_reduce if all_reduce is not None else (lambda t: t)
+    n = reduce(masked_count(v, s.dtype))
+    mean = reduce(masked_fill_zero(s, v).sum()) / n.clamp(min=1)
+    dev = masked_fill_zero(s - mean, v)
+    var = reduce((dev * dev).sum()) / (n - 1).clamp(min=1)
+    return torch.where(n >= 2, var.sqrt(), torch.zeros_like(var))
 
 
 def group_advantages(
-    scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6, all_reduce=None
+    scores: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6, all_reduce=None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """GRPO-style group-relative advantages ``A_i = (s_i - mean_g) / D``.
 
@@ -165,6 +227,9 @@ def group_advantages(
     0 if ``B < 2``; ScaleRL batch-level normalization; over all data-parallel workers when
     ``all_reduce``, a function summing a tensor over them, is given), ``"none"`` -> 1 (Dr. GRPO).
     Groups of exactly equal scores get ``A = 0`` exactly (no rounding noise).
+    ``valid`` (optional bool ``[B]``, False = no reward): mean_g, std_g and the batch std are
+    over valid rows only (the batch count ``n`` summed by ``all_reduce`` too), invalid rows get
+    ``A = 0``, and a group whose valid scores are all equal (or < 2 valid rows) gets 0.
     scores: ``[B]`` (float or int), ``B % G == 0`` -> ``[B]`` float, no gradient.
     """
     if scale not in SCALES:
@@ -177,6 +242,9 @@ def group_advantages(
     with torch.no_grad():
         s = _float(scores)
         g = _groups(s, group_size)
+        v = _valid_groups(valid, s, group_size, "group_advantages")
+        if v is not None:
+            return _valid_group_advantages(s, g, v, scale, eps, all_reduce)
         centered = g - g.mean(dim=-1, keepdim=True)
         if scale == "group":
             centered = centered / (g.std(dim=-1, keepdim=True) + eps)
@@ -189,24 +257,54 @@ def group_advantages(
         elif scale == "batch":
             std = s.std() if s.shape[0] >= 2 else torch.zeros((), dtype=s.dtype, device=s.device)
             centered = centered / (std + eps)
-        flat = zero_std_groups(s, group_size)[:, None]
+        flat = _flat(g, None)[:, None]
         return torch.where(flat, torch.zeros_like(centered), centered).reshape(-1)
 
 
-def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+def _valid_group_advantages(s: Tensor, g: Tensor, v: Tensor, scale: str, eps: float,
+                            all_reduce) -> Tensor:
+    """:func:`group_advantages` over valid rows only; s ``[B]``, g and v ``[B // G, G]``.
+
+    ``n_g = Σ_{i∈g} v_i``, ``mean_g = Σ_{i∈g, valid} s_i / n_g``,
+    ``std_g = sqrt(Σ_{i∈g, valid} (s_i - mean_g)² / (n_g - 1))``; batch std by
+    :func:`_valid_batch_std`; invalid rows and flat groups -> exactly 0.
+    """
+    n_g = masked_count(v, s.dtype, dim=-1)[:, None]
+    mean_g = masked_fill_zero(g, v).sum(dim=-1, keepdim=True) / n_g.clamp(min=1)
+    centered = masked_fill_zero(g - mean_g, v)
+    if scale == "group":
+        var_g = (centered * centered).sum(dim=-1, keepdim=True) / (n_g - 1).clamp(min=1)
+        centered = centered / (var_g.sqrt() + eps)
+    elif scale == "batch":
+        centered = centered / (_valid_batch_std(s, v.reshape(-1), all_reduce) + eps)
+    drop = _flat(g, v)[:, None] | ~v
+    return torch.where(drop, torch.zeros_like(centered), centered).reshape(-1)
+
+
+def rloo_advantages(scores: Tensor, group_size: int, valid: Tensor | None = None) -> Tensor:
     """REINFORCE leave-one-out (Ahmadian et al., 2024): ``A_i = s_i - (Σ_{j∈g, j≠i} s_j)/(G-1)``.
 
+    With ``valid`` (optional bool ``[B]``, False = no reward) the baseline is the mean of the
+    other *valid* rows: ``A_i = s_i - (Σ_{j∈g, j≠i, valid} s_j)/(n_g - 1)``; invalid rows and
+    groups with < 2 valid rows get 0.
     scores: ``[B]``, ``B % G == 0``, ``G >= 2`` -> ``[B]`` float, no gradient; groups of
-    equal scores get exactly 0.
+    equal (valid) scores get exactly 0.
     """
     if group_size == 1:
         raise ValueError("rloo needs group_size >= 2 (a leave-one-out baseline); got group_size=1")
     with torch.no_grad():
         s = _float(scores)
         g = _groups(s, group_size)
-        adv = g - (g.sum(dim=-1, keepdim=True) - g) / (group_size - 1)
-        flat = zero_std_groups(s, group_size)[:, None]
-        return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
+        v = _valid_groups(valid, s, group_size, "rloo_advantages")
+        if v is None:
+            adv = g - (g.sum(dim=-1, keepdim=True) - g) / (group_size - 1)
+            flat = _flat(g, None)[:, None]
+            return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
+        gz = masked_fill_zero(g, v)
+        n_g = masked_count(v, s.dtype, dim=-1)[:, None]
+        adv = gz - (gz.sum(dim=-1, keepdim=True) - gz) / (n_g - 1).clamp(min=1)
+        drop = _flat(g, v)[:, None] | ~v  # flat includes groups with < 2 valid rows
+        return torch.where(drop, torch.zeros_like(adv), adv).reshape(-1)
 
 
 # ------------------------------------------------------------------ critic-free estimators
@@ -223,23 +321,25 @@ def _broadcast(adv_b: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @_register("grpo", needs_critic=False, uses=frozenset({"adv_scale", "adv_eps"}))
-def _grpo_estimator(rewards, values, mask, *, group_size, scale, eps, all_reduce=None, **_unused):
-    """GRPO (Shao et al., 2024): ``Â_{b,t} = group_advantages(s, G, scale, eps)_b``."""
+def _grpo_estimator(rewards, values, mask, *, group_size, scale, eps, all_reduce=None, valid=None,
+                    **_unused):
+    """GRPO (Shao et al., 2024): ``Â_{b,t} = group_advantages(s, G, scale, eps, valid)_b``."""
     with torch.no_grad():
-        return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size,
-                                           scale, eps, all_reduce=all_reduce), mask)
+        return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size, scale, eps,
+                                           all_reduce=all_reduce, valid=valid), mask)
 
 
 @_register("dr_grpo", needs_critic=False, uses=frozenset())
-def _dr_grpo_estimator(rewards, values, mask, *, group_size, **_unused):
-    """Dr. GRPO (Liu et al., 2025): ``Â_{b,t} = s_b - mean_g`` (no std division)."""
+def _dr_grpo_estimator(rewards, values, mask, *, group_size, valid=None, **_unused):
+    """Dr. GRPO (Liu et al., 2025): ``Â_{b,t} = s_b - mean_g`` (no std division; valid rows)."""
     with torch.no_grad():
         return _broadcast(group_advantages(_sequence_scores(rewards, mask), group_size,
-                                           "none"), mask)
+                                           "none", valid=valid), mask)
 
 
 @_register("rloo", needs_critic=False, uses=frozenset())
-def _rloo_estimator(rewards, values, mask, *, group_size, **_unused):
-    """RLOO: ``Â_{b,t} = rloo_advantages(s, G)_b``."""
+def _rloo_estimator(rewards, values, mask, *, group_size, valid=None, **_unused):
+    """RLOO: ``Â_{b,t} = rloo_advantages(s, G, valid=valid)_b``."""
     with torch.no_grad():
-        return _broadcast(rloo_advantages(_sequence_scores(rewards, mask), group_size), mask)
+        return _broadcast(rloo_advantages(_sequence_scores(rewards, mask), group_size, valid=valid),
+                          mask)
