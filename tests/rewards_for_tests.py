@@ -32,3 +32,35 @@ def fails_on_batches(prompts, completions, *, targets, finished, **kwargs):
     if len(completions) > 1:
         raise RuntimeError(f"verifier overloaded by {len(completions)} completions")
     return [float(done and c == t) for c, t, done in zip(completions, targets, finished)]
+
+
+def returns_text(prompts, completions, *, targets, finished, **kwargs):
+    """Exact match, but as the string "1.0"/"0.0" for completions containing a '7' (a verifier that
+    forgot to convert its output to a number)."""
+    scores = [float(done and c == t) for c, t, done in zip(completions, targets, finished)]
+    return [str(s) if "7" in c else s for s, c in zip(scores, completions)]
+
+
+def returns_none_on_a_digit(prompts, completions, *, targets, finished, **kwargs):
+    """Exact match, but None for completions containing a '7' (a verifier that gives up on them)."""
+    return [None if "7" in c else float(done and c == t) for c, t, done in zip(completions, targets, finished)]
+
+
+#: what `returns_garbage_rows` returns for completions "a", "b", "c", "d": a per-token row; a row with a
+#: nested list; a row with a string; a dict
+GARBAGE_ROWS = {"a": [0.0, 1.0], "b": [0.0, [1.0]], "c": [0.0, "1"], "d": {"reward": 1.0}}
+
+
+def returns_garbage_rows(prompts, completions, **kwargs):
+    return [GARBAGE_ROWS[c] for c in completions]
+
+
+def returns_a_dict(prompts, completions, *, targets, finished, **kwargs):
+    """``{completion: score}`` instead of a list of scores."""
+    return {c: float(done and c == t) for c, t, done in zip(completions, targets, finished)}
+
+
+def returns_a_float(prompts, completions, *, targets, finished, **kwargs):
+    """The batch's mean score instead of one score per completion."""
+    return sum(float(done and c == t) for c, t, done in zip(completions, targets, finished)) / len(completions)
+

@@ -56,6 +56,57 @@ def test_skip_trains_through_a_verifier_that_fails_on_batches_only(mlflow_uri, i
     assert run.info.status == "FINISHED" and errors == [0.0, 0.0] and all(r > 0 for r in rows)
 
 
+def test_a_string_reward_is_refused_not_parsed():
+    from rewards_for_tests import returns_text
+    with pytest.raises(RewardError, match=r"^reward function rewards_for_tests.returns_text returned the string '0.0' "
+                                          r"for completion 2 '17': a reward must be a number, not a string[^\n]*$"):
+        _call(returns_text, ["1", "2", "17", "70"])
+    assert _call(returns_text, ["1", "2", "17", "70"], on_error="skip") == [[0.0, 1.0], [0.0, 0.0], None, None]
+
+
+def test_a_none_reward_is_named_under_raise_and_skipped_under_skip():
+    from rewards_for_tests import returns_none_on_a_digit
+    with pytest.raises(RewardError, match=r"^reward function rewards_for_tests.returns_none_on_a_digit returned None "
+                                          r"for completion 2 '17'[^\n]*task.on_reward_error=skip[^\n]*$"):
+        _call(returns_none_on_a_digit, ["1", "2", "17", "70"])
+    assert _call(returns_none_on_a_digit, ["1", "2", "17", "70"], on_error="skip") == [[0.0, 1.0], [0.0, 0.0], None, None]
+
+
+def test_unusable_values_for_a_completion_are_named_or_skipped():
+    """A nested list, a string among the token rewards and a dict for completions 1, 2 and 3."""
+    from rewards_for_tests import returns_garbage_rows
+    with pytest.raises(RewardError, match=r"^reward function rewards_for_tests.returns_garbage_rows returned a list "
+                                          r"\(\[1.0\]\) as token reward 1 of completion 1 'b'[^\n]*$"):
+        _call(returns_garbage_rows, ["a", "b", "c", "d"])
+    for c, what in [("c", r"a str \('1'\) as token reward 1 of completion 0 'c'"),
+                    ("d", r"a dict \(\{'reward': 1.0\}\) for completion 0 'd'")]:
+        with pytest.raises(RewardError, match=rf"^reward function rewards_for_tests.returns_garbage_rows returned {what}"):
+            _call(returns_garbage_rows, [c])
+    assert _call(returns_garbage_rows, ["a", "b", "c", "d"], on_error="skip") == [[0.0, 1.0], None, None, None]
+
+
+WHOLE = {"returns_a_dict": r"a dict \(keys '1', '2', '17', '70'\) instead of a list of 4 values, one per completion",
+         "returns_a_float": r"a float \(0.25\) instead of a list of 4 values, one per completion"}
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+@pytest.mark.parametrize("fn", sorted(WHOLE))
+def test_a_result_that_is_not_one_value_per_completion_is_one_line_in_either_mode(fn, on_error):
+    import rewards_for_tests
+    with pytest.raises(RewardError, match=rf"^reward function rewards_for_tests.{fn} returned {WHOLE[fn]}[^\n]*$"):
+        _call(getattr(rewards_for_tests, fn), ["1", "2", "17", "70"], on_error=on_error)
+
+
+def test_skip_counts_string_rewards_as_unscorable(mlflow_uri, in_tmp):
+    """T=3 makes '7's common: their string rewards are skipped and counted, the run goes on."""
+    assert main(["train", *FAST, "task.reward._target_=rewards_for_tests.returns_text", "task.on_reward_error=skip",
+                 "rollout.temperature=3.0", f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_text"]) == 0
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("reward_text").experiment_id])[0]
+    errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
+    assert run.info.status == "FINISHED" and len(errors) == 2 and sum(errors) > 0
+
+
 def test_a_run_stops_with_the_completion_named(mlflow_uri, in_tmp, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", *FAST, BAD, f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_raise",

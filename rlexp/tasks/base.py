@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,20 +48,77 @@ def _fn_name(fn: Callable) -> str:
 REWARD_ERROR_MODES = ("raise", "skip")
 
 
+def _show(x) -> str:
+    """``type (short repr)`` of a returned value, for an error message."""
+    return f"{type(x).__name__} ({_REPR.repr(x)})"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 40, 40, 4, 4
+
+
+def _number(x) -> float | None:
+    """``float(x)`` for a real number (int, float, bool, a numpy or 0-d torch scalar); None for anything
+    else. Strings are not numbers here, even "1.0": a verifier returning text is a bug to report."""
+    if isinstance(x, (str, bytes)) or x is None:
+        return None
+    if isinstance(x, numbers.Real) or getattr(x, "ndim", None) == 0:
+        try:
+            return float(x)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _values(out, n: int, name: str, alone: str = "") -> list:
+    """What ``fn`` returned for ``n`` completions as a list of ``n`` values; one-line RewardError when it is
+    not one value per completion (a dict, a string, a number, None, a set, the wrong length)."""
+    expected = (f"{alone + ' ' if alone else ''}instead of a list of {n} value{'s' * (n != 1)}, one per "
+                f"completion (in the order of `completions`)")
+    if isinstance(out, Mapping):
+        raise RewardError(f"reward function {name} returned a dict (keys {', '.join(map(repr, list(out)[:4]))}"
+                          f"{', …' if len(out) > 4 else ''}) {expected}")
+    if out is None or isinstance(out, (str, bytes, set, frozenset)) or not isinstance(out, Iterable) \
+            or getattr(out, "ndim", 1) == 0:
+        raise RewardError(f"reward function {name} returned {'None' if out is None else 'a ' + _show(out)} {expected}")
+    out = list(out)
+    if len(out) != n:
+        raise RewardError(f"reward function {name} returned {len(out)} values for {n} completions")
+    return out
+
+
 def _row_rewards(r, ids, i, completions, name) -> list[float]:
-    """One completion's per-token rewards from what the reward function returned for it."""
-    if isinstance(r, Sequence) and not isinstance(r, str):
-        row = [float(x) for x in r]
+    """One completion's per-token rewards from what the reward function returned for it: a number (the
+    sequence score, placed on the last token) or one number per token."""
+    which = f"completion {i} {completions[i]!r}"
+    score = _number(r)
+    if score is not None:
+        row = [0.0] * len(ids)
+        if row:
+            row[-1] = score
+    elif isinstance(r, (str, bytes)):
+        raise RewardError(f"reward function {name} returned the string {_REPR.repr(r)} for {which}: a reward must "
+                          f"be a number, not a string (convert it in the reward function)")
+    elif r is None:
+        raise RewardError(f"reward function {name} returned None for {which}: a reward must be a number "
+                          f"(None marks a completion as unscorable under task.on_reward_error=skip)")
+    elif isinstance(r, Mapping) or not isinstance(r, Iterable):
+        raise RewardError(f"reward function {name} returned a {_show(r)} for {which}: expected a number, or a "
+                          f"list with one number per token")
+    else:
+        row = []
+        for j, x in enumerate(r):
+            v = _number(x)
+            if v is None:
+                raise RewardError(f"reward function {name} returned a {_show(x)} as token reward {j} of {which}: "
+                                  f"token rewards must be numbers")
+            row.append(v)
         if len(row) != len(ids):
             raise RewardError(f"reward function {name} returned {len(row)} token rewards for completion "
                               f"{i} of {len(ids)} tokens ({completions[i]!r})")
-    else:
-        row = [0.0] * len(ids)
-        if row:
-            row[-1] = float(r)
     if not all(math.isfinite(x) for x in row):
         raise RewardError(f"reward function {name} returned a non-finite reward for completion {i} "
-                          f"({completions[i]!r}): {r}")
+                          f"({completions[i]!r}): {_REPR.repr(r)}")
     return row
 
 
@@ -69,8 +129,9 @@ def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, tar
 
     When ``fn`` raises, it is called again on each completion alone to find the one at fault, and the
     error names the function and that completion. ``on_error="skip"`` instead scores such completions
-    (and those with a non-finite reward) as missing: ``None`` in their place. When it raises on the
-    whole batch but on no completion alone, ``skip`` uses the scores of each alone.
+    (and those with a non-finite or unusable reward: a string, None, a dict...) as missing: ``None`` in
+    their place. When it raises on the whole batch but on no completion alone, ``skip`` uses the scores
+    of each alone. A result that is not one value per completion is an error in either mode.
     """
     name = _fn_name(fn)
     kw = dict(targets=targets, completion_ids=completion_ids, completion_tokens=completion_tokens, finished=finished)
@@ -78,10 +139,7 @@ def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, tar
         out = fn(prompts, completions, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised with the function and the completion named
         out = _one_by_one(fn, name, e, prompts, completions, kw, on_error)
-    out = list(out) if out is not None else None
-    if out is None or len(out) != len(completions):
-        raise RewardError(f"reward function {name} returned {0 if out is None else len(out)} values "
-                          f"for {len(completions)} completions")
+    out = _values(out, len(completions), name)
     token_rewards: list[list[float] | None] = []
     for i, (r, ids) in enumerate(zip(out, completion_ids)):
         if r is None and on_error == "skip":
@@ -111,7 +169,7 @@ def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in kw.items()}
         try:
-            out.append(list(fn([prompts[i]], [completions[i]], **one))[0])
+            got = fn([prompts[i]], [completions[i]], **one)
         except Exception as e:  # noqa: BLE001
             if on_error == "skip":
                 out.append(None)
@@ -120,6 +178,7 @@ def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
             raise RewardError(f"reward function {name} raised {_one_line(e)} on completion {i} "
                               f"{completions[i]!r} (prompt {prompts[i]!r}); task.on_reward_error=skip scores "
                               f"such completions as missing instead") from e
+        out.append(_values(got, 1, name, f"for completion {i} alone")[0])  # an error in either mode, as in a batch
     if raised:
         return out
     whole = (f"reward function {name} raised {_one_line(error)} on the whole batch of {len(completions)} "
