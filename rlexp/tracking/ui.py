@@ -2,16 +2,24 @@
 
 It runs ``mlflow server`` with one worker and background job execution off (ready in ~11 s here,
 against ~50 s for a default ``mlflow ui``), on the same tracking URI resolution as ``rlexp train``.
+A port already in use is refused in one line (exit status 2) before the server starts; SIGINT,
+SIGTERM and SIGHUP stop the server's whole process group (exit status 0).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+# what stops `rlexp ui` and its server: Ctrl-C, `kill`/`timeout`/`docker stop`, the terminal closing
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_TIMEOUT_S = 20.0  # the server's graceful shutdown, after which its group is killed
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,6 +37,58 @@ def server_env() -> dict[str, str]:
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``mlflow server`` could not listen on ``host:port`` (the port is taken, the host is not an
+    address of this machine), in one line; None when it can. Binds the way uvicorn does (IPv6 for a
+    host with ``:``, ``SO_REUSEADDR``: a port left in TIME_WAIT by a stopped server counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return (f"--port {port} is already in use on {host} (another `rlexp ui` or server?); stop it, "
+                    f"or pass another --port (--port 0 picks a free one)")
+        return f"cannot listen on --host {host} --port {port}: {e.strerror or e}"
+    return None
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group ``pgid`` still runs (zombies do not count; /proc where there is one)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def stop_group(pgid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to every process of the group ``pgid``; SIGKILL to what is left after ``timeout`` s."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not group_alive(pgid):
+            return
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="rlexp ui", description="Open the MLflow UI on rlexp's runs.")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
@@ -44,28 +104,46 @@ def main(argv: list[str]) -> int:
             return 2
         uri = f"sqlite:///{db}"
     port = args.port or free_port(args.host)
+    problem = port_problem(args.host, port)
+    if problem:  # else the server would fail to bind, and the URL would show whatever holds the port
+        print(f"rlexp ui: error: {problem}", file=sys.stderr)
+        return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"rlexp ui: warning: binding to {args.host} exposes the UI (and its store) to the network",
               file=sys.stderr)
-    print(f"MLflow UI on {uri}: http://{args.host}:{port}  (Ctrl-C to stop)", flush=True)
-    # the server (mlflow -> uvicorn workers) runs in its own process group, and stopping `rlexp ui`
-    # (Ctrl-C or SIGTERM) stops that whole group: no orphaned server keeps the port
-    proc = subprocess.Popen(server_command(uri, args.host, port), env=server_env(), start_new_session=True)
+    # The server (mlflow -> uvicorn worker) runs in its own process group, with no controlling terminal.
+    # Ctrl-C, SIGTERM and SIGHUP (the terminal closed) stop that whole group, and so does a server that
+    # exits by itself: no orphaned server keeps the port and its store's runs. The handlers are in place
+    # before the server starts, and only record the signal, so no signal falls between start and wait.
+    received: list[int] = []
+    proc: subprocess.Popen | None = None
 
-    def stop(signum=None, frame=None):
+    def terminate():
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
 
-    signal.signal(signal.SIGTERM, lambda s, f: (stop(), sys.exit(0)))
+    def on_signal(signum, frame):
+        received.append(signum)
+        if proc is not None:
+            terminate()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
+        print(f"MLflow UI on {uri}: http://{args.host}:{port}  (Ctrl-C to stop)", flush=True)
+        proc = subprocess.Popen(server_command(uri, args.host, port), env=server_env(), start_new_session=True)
+        if received:  # a signal came while the server was starting
+            terminate()
+        rc = proc.wait()
     finally:
-        stop()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_group(proc.pid)
+            proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return 0
+    print(f"rlexp ui: error: the MLflow server on port {port} exited by itself (status {rc}); "
+          f"its messages are above", file=sys.stderr)
+    return rc or 1
