@@ -21,6 +21,8 @@ TABLE = [
      "algorithm.clip_eps_high=0.1 must be >= algorithm.clip_eps=0.2"),
     ("a minibatch that does not divide the batch", ["algorithm.minibatch_size=7"], 2,
      "algorithm.minibatch_size=7 must divide"),
+    ("a KL term whose gradient is zero", ["algorithm.kl_estimator=k1", "algorithm.kl_placement=in_loss"], 2,
+     "algorithm.kl_estimator=k1 with algorithm.kl_placement=in_loss has zero expected gradient"),
     ("a group estimator without groups", ["algorithm=grpo", "algorithm.num_generations=1"], 2,
      "algorithm.num_generations=1 must be >= 2"),
     ("an unknown group option", ["algorithm=ppo2"], 2, "Could not find 'algorithm/ppo2'; available: dapo"),

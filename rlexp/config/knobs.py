@@ -2,7 +2,7 @@
 
 ``inactive_knobs(algo)`` maps each key of ``algorithm`` that cannot change anything under the rest of
 the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` without a critic,
-``kl_estimator`` with ``kl_coef: 0``). ``rlexp.train`` warns about every such key that was set on the
+``kl_estimator`` with ``kl_coef: 0``, ``clip_eps`` when the update is one step on the whole rollout). ``rlexp.train`` warns about every such key that was set on the
 command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
 """
 from __future__ import annotations
@@ -32,7 +32,21 @@ def inactive_knobs(algo) -> dict[str, str]:
             out[key] = "no_positive_resampling=false"
     if algo.policy_loss == "cispo":
         out["dual_clip"] = "policy_loss=cispo has no dual clip"
+    if single_minibatch_epoch(algo):
+        # the update starts from the policy that sampled and takes one step: ρ = 1 exactly, V = V_old
+        why = ("one epoch over one minibatch (ppo_epochs=1, minibatch_size = prompts_per_step × num_generations): "
+               "the ratio is exactly 1, so no clip ever acts")
+        keys = ["clip_eps", "clip_eps_high"] + (["dual_clip"] if "dual_clip" not in out else [])
+        if est.needs_critic:
+            keys.append("value_clip_eps")
+        out.update({key: why for key in keys})
     return out
+
+
+def single_minibatch_epoch(algo) -> bool:
+    """Whether the update is one optimizer step on the whole rollout from the policy that sampled it, so
+    that the importance ratio π_θ/π_old is exactly 1 (and the critic's values equal the rollout's)."""
+    return algo.ppo_epochs == 1 and algo.minibatch_size >= algo.prompts_per_step * algo.num_generations
 
 
 def dead_overrides(algo, overrides: list[str]) -> dict[str, str]:

@@ -96,6 +96,10 @@ def _check_algorithm_pieces(a) -> None:
     if a.loss_agg == "prompt-mean" and a.minibatch_size % G:
         raise ConfigError(f"algorithm.minibatch_size={a.minibatch_size} must be a multiple of "
                           f"algorithm.num_generations={G} with loss_agg=prompt-mean (whole groups per minibatch)")
+    if a.kl_coef > 0 and a.kl_placement == "in_loss" and a.kl_estimator == "k1":
+        raise ConfigError("algorithm.kl_estimator=k1 with algorithm.kl_placement=in_loss has zero expected gradient "
+                          "(E_π[∇log π] = 0), so algorithm.kl_coef would do nothing: use kl_estimator=k3 or k2, or "
+                          "kl_placement=in_reward")
     if a.policy_loss == "cispo" and a.dual_clip is not None:
         raise ConfigError(f"algorithm.dual_clip={a.dual_clip} does not apply to policy_loss=cispo; set it to null")
     if a.overlong_max_len is not None and a.overlong_buffer > a.overlong_max_len:

@@ -22,8 +22,11 @@ def sequence_inputs(prompt_ids, prompt_mask, response_ids, mask):
     return input_ids, attention_mask, position_ids
 
 
-def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32: bool = True) -> torch.Tensor:
-    """Logits ``[B, T, V]`` scoring each response token.
+def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32: bool = True,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Logits ``[B, T, V]`` scoring each response token, divided by ``temperature``: the logits of the
+    distribution ``softmax(logits / T)`` that completions were sampled from, so that log-probs, ratios,
+    KL and entropy on the training side refer to the sampling policy (as in verl, TRL and OpenRLHF).
 
     ``fp32=True`` computes the LM head itself in float32 (ScaleRL's FP32 logits: the matmul, not only its
     output, in full precision), applying Gemma-style final soft-capping when the config has it. A PEFT
@@ -35,7 +38,8 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32:
     if not fp32:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=False, logits_to_keep=T + 1)
-        return out.logits[:, :-1]
+        logits = out.logits[:, :-1]
+        return logits if temperature == 1.0 else logits / temperature
     lm = unwrap(model)  # PEFT: its LoRA layers sit inside
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=False).last_hidden_state[:, P - 1:P - 1 + T]   # [B, T, H]
@@ -46,13 +50,13 @@ def response_logits(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32:
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits
+    return logits if temperature == 1.0 else logits / temperature  # after soft-capping, as generate does
 
 
 def response_logprobs(model, prompt_ids, prompt_mask, response_ids, mask, *, fp32: bool = True,
-                      with_entropy: bool = False):
-    """``(logprobs [B, T], entropy [B, T] or None)`` of the response tokens under ``model``."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, mask, fp32=fp32)
+                      with_entropy: bool = False, temperature: float = 1.0):
+    """``(logprobs [B, T], entropy [B, T] or None)`` of the response tokens under ``model`` at ``temperature``."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, mask, fp32=fp32, temperature=temperature)
     logprobs = logprobs_from_logits(logits, response_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logprobs, entropy

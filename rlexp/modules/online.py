@@ -3,15 +3,19 @@
 One ``training_step`` is one RL iteration, written top to bottom like the papers:
 
 1. rollout — the actor samples ``num_generations`` completions for each of ``prompts_per_step``
-   prompts (``generate`` with KV cache), no grad; DAPO's dynamic sampling redraws prompts whose
-   group has no reward variance; DAPO's overlong shaping adds a length penalty to the score;
+   prompts (``generate`` with KV cache) at ``rollout.temperature``, no grad, recording the sampler's
+   log-prob of each token; DAPO's dynamic sampling redraws prompts whose group has no variance in the
+   task's verdict; DAPO's overlong shaping adds a length penalty to the score (not to the verdict);
 2. scoring — old log-probs, reference log-probs (only if ``kl_coef > 0``; from a frozen copy, or with
    LoRA from the actor with its adapters disabled) and values (only if the advantage estimator needs a
-   critic) in no-grad passes;
+   critic) in no-grad passes. Every training-side log-prob and entropy scores ``softmax(logits / T)``,
+   the distribution that was sampled; ``train/rollout_mismatch_kl`` measures what is left of the
+   sampler/trainer gap;
 3. token rewards ``r_t = -β·k(logπ_old, logπ_ref) + task reward_t`` (KL ``in_reward``);
 4. advantages from the registered estimator (``gae``, ``grpo``, ``dr_grpo``, ``rloo``), optionally
-   whitened; rows left out of the loss (zero-variance groups, truncated completions) get a zero
-   ``loss_mask``;
+   whitened; completions without a reward (``task.on_reward_error=skip``) are left out of every
+   statistic (group mean/std, batch std, whitening, zero-variance, pass rates); rows left out of the
+   loss (zero-variance groups, truncated or unscorable completions) get a zero ``loss_mask``;
 5. ``ppo_epochs`` × minibatches (whole groups when possible) of the registered policy loss
    (``ppo_clip``, ``gspo``, ``cispo``) + value loss for the critic + entropy bonus + KL ``in_loss``,
    manual backward, grad-norm clip, optimizer steps;
@@ -24,6 +28,7 @@ counts RL iterations, which is what ``trainer.max_steps`` means.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import defaultdict
@@ -60,6 +65,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         self.tokenizer, self.task = tokenizer, task
         self.seed, self.max_steps, self.eval_every = seed, max_steps, eval_every
         self.num_samples_logged, self.fp32_logits = num_samples_logged, fp32_logits
+        self.temperature = float(rollout.temperature)  # training-side log-probs score softmax(logits / T)
         self.estimator = core.ADVANTAGE_ESTIMATORS.get(algo.advantage)
         self.policy_loss_fn = core.POLICY_LOSSES.get(algo.policy_loss)
         if self.estimator.needs_critic and critic is None:
@@ -151,10 +157,9 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
     def _reference_logits(self, tensors: dict) -> torch.Tensor:
         """Logits ``[B, T, V]`` of the reference policy: the frozen copy, or the actor with its LoRA adapters
         disabled (its base weights, which never train)."""
-        if not self.lora_reference:
-            return response_logits(self.reference, **tensors, fp32=self.fp32_logits)
-        with reference_forward(self.actor):
-            return response_logits(self.actor, **tensors, fp32=self.fp32_logits)
+        model = self.reference if not self.lora_reference else self.actor
+        with reference_forward(self.actor) if self.lora_reference else contextlib.nullcontext():
+            return response_logits(model, **tensors, fp32=self.fp32_logits, temperature=self.temperature)
 
     @torch.no_grad()
     def make_experience(self, batch) -> dict[str, torch.Tensor]:
@@ -162,8 +167,10 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         a, G = self.algo, self.algo.num_generations
         d = batch.tensors()
         mask = d["mask"]
+        valid = batch.valid_rows()  # [B]: completions with a reward; the others enter no statistic
+        stat_mask = mask * valid[:, None].to(mask.dtype)
         if not self.single_pass(batch.size):
-            logits = response_logits(self.actor, **d, fp32=self.fp32_logits)
+            logits = response_logits(self.actor, **d, fp32=self.fp32_logits, temperature=self.temperature)
             d["old_logprobs"] = core.logprobs_from_logits(logits, d["response_ids"])
             d["rollout_entropy"] = core.entropy_from_logits(logits)
             del logits
@@ -180,21 +187,22 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                   else torch.zeros_like(mask))
         d["old_values"], d["rewards"] = values, rewards
         advantages, returns = self.estimator(rewards, values, mask, gamma=a.gamma, lam=a.lam, group_size=G,
-                                             scale=a.adv_scale, eps=a.adv_eps, all_reduce=self._reduce())
+                                             scale=a.adv_scale, eps=a.adv_eps, all_reduce=self._reduce(), valid=valid)
         d["raw_advantages"], d["returns"] = advantages, returns
         if self.estimator.needs_critic:  # λ diagnostics: GAE(λ) against Monte-Carlo (λ=1) on the same rollouts
             d["mc_advantages"], _ = core.gae(rewards, values, mask, a.gamma, 1.0)
-        d["advantages"] = (core.masked_whiten(advantages, mask, all_reduce=self._reduce()) if a.whiten_advantages
-                           else advantages)
+        d["advantages"] = (core.masked_whiten(advantages, stat_mask, all_reduce=self._reduce())
+                           if a.whiten_advantages else advantages)
         keep = torch.ones(batch.size, dtype=torch.bool, device=mask.device)
         if G > 1:
-            zero_std = core.zero_std_groups(batch.scores, G).repeat_interleave(G)  # per row: [B]
+            # on the task's verdict (before shaping) of the scorable rows: per row, [B]
+            zero_std = core.zero_std_groups(batch.verdicts(), G, valid=valid).repeat_interleave(G)
             d["zero_std_rows"] = zero_std.float()
             if a.zero_variance_filter:  # ScaleRL: groups with identical rewards contribute nothing
                 keep &= ~zero_std
         if a.overlong_filter:  # DAPO: truncated completions are left out of the loss
             keep &= batch.finished
-        keep &= ~batch.failed_rows()  # unscorable completions (task.on_reward_error=skip): no loss
+        keep &= valid  # unscorable completions (task.on_reward_error=skip): no loss
         d["loss_mask"] = mask * keep[:, None].to(mask.dtype)
         return d
 
@@ -207,7 +215,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         agg = dict(agg=a.loss_agg, group_size=a.num_generations, max_len=self.max_new_tokens)
         red = dict(group_size=agg["group_size"], max_len=agg["max_len"], denominator=denominator)
         logits = response_logits(self.actor, mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["mask"],
-                                 fp32=self.fp32_logits)
+                                 fp32=self.fp32_logits, temperature=self.temperature)
         logprobs = core.logprobs_from_logits(logits, mb["response_ids"])
         if "old_logprobs" not in mb:  # single pass (see `single_pass`): on-policy, ρ = 1 with its gradient
             mb["old_logprobs"] = logprobs.detach()
@@ -381,7 +389,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         acc = self.update(exp)
         removed = 0
         if a.no_positive_resampling:  # ScaleRL: solved prompts leave the training pool for good
-            rate = core.group_pass_rate(batch.scores, a.num_generations, a.pass_reward)
+            rate = core.group_pass_rate(batch.verdicts(), a.num_generations, a.pass_reward, valid=batch.valid_rows())
             solved = [batch.prompt_index[g * a.num_generations] for g in (rate >= a.pass_rate_threshold).nonzero()
                       .flatten().tolist()]
             if self.world[1] > 1:  # every worker removes every worker's solved prompts: the pools stay equal
@@ -421,9 +429,10 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         # nanmean: a skipped (non-finite) step must not turn the iteration's averages into NaN
         stats = {f"train/{k}": torch.stack(v).nanmean() for k, v in acc.items()}
         zero = torch.zeros(())
+        scored = batch.scores[batch.valid_rows()]  # completions with a reward
         stats.update({
-            "train/reward_mean": batch.scores.mean(),
-            "train/reward_std": batch.scores.std() if batch.size > 1 else zero,
+            "train/reward_mean": scored.mean() if scored.numel() else torch.full((), float("nan")),
+            "train/reward_std": scored.std() if scored.numel() > 1 else zero,
             "train/kl": core.masked_mean(exp["kl"], mask) if "kl" in exp else zero,
             "train/response_length": mask.sum(1).mean(),
             "train/finished_frac": batch.finished.float().mean(),
@@ -434,6 +443,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             "train/loss_rows_frac": (exp["loss_mask"].sum(1) > 0).float().mean(),
             "train/reward_errors": batch.failed_rows().float().sum(),
         })
+        stats.update(self._mismatch_metrics(batch, exp))
         if "zero_std_rows" in exp:  # groups are equal-sized: the row mean is the fraction of groups
             stats["train/frac_zero_std_groups"] = exp["zero_std_rows"].mean()
         if self.critic is not None:
@@ -444,6 +454,18 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             stats["train/adv_mse_vs_mc"] = core.masked_mean(gap * gap, mask)
             stats["train/mc_advantage_var"] = core.masked_var(exp["mc_advantages"], mask)
         return {k: float(v.item()) for k, v in stats.items()}
+
+    @staticmethod
+    def _mismatch_metrics(batch, exp) -> dict[str, torch.Tensor]:
+        """How far the trainer's log-probs at the start of the update (``old_logprobs``) are from the
+        sampler's (``rollout_logprobs``), over the sampled tokens: the k3 estimate of
+        KL(π_sampler ‖ π_trainer) (``d = logπ_sampler - logπ_trainer``, ``k3 = e^{-d} + d - 1``) and
+        ``max |d|``. ~1e-7 in fp32 when both score the same distribution."""
+        mask = exp["mask"]
+        d = (batch.rollout_logprobs - exp["old_logprobs"]) * mask
+        kl = core.kl_estimate(batch.rollout_logprobs, exp["old_logprobs"], "k3") * mask
+        return {"train/rollout_mismatch_kl": core.masked_mean(kl, mask),
+                "train/rollout_logprob_absdiff_max": d.abs().max()}
 
     # ------------------------------------------------------------------ run state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

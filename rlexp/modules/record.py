@@ -40,13 +40,20 @@ class RunRecorder:
         return out
 
     def all_mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Each metric averaged over the workers (every worker logs the same keys)."""
+        """Each metric averaged over the workers (every worker logs the same keys); a metric whose name
+        ends in ``_max`` is a maximum, taken over the workers."""
         if self.world[1] == 1:
             return metrics
-        keys = sorted(metrics)
+        keys = sorted(k for k in metrics if not k.endswith("_max"))
         vals = self.all_sum(torch.tensor([metrics[k] for k in keys], dtype=torch.float64,
                                          device=self.device)) / self.world[1]
-        return dict(zip(keys, vals.tolist()))
+        out = dict(zip(keys, vals.tolist()))
+        maxima = sorted(k for k in metrics if k.endswith("_max"))
+        if maxima:
+            top = self._all_reduce(torch.tensor([metrics[k] for k in maxima], dtype=torch.float64,
+                                                device=self.device), "MAX")
+            out.update(zip(maxima, top.tolist()))
+        return {k: out[k] for k in metrics}
 
     def init_record(self) -> None:
         self.history: list[dict] = []
@@ -65,12 +72,16 @@ class RunRecorder:
         res = evaluate(self.policy_model, self.tokenizer, self.task, examples,
                        max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged if rank == 0 else 0)
         metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
-                   "eval/response_length": res.response_length}
-        if ws > 1:
+                   "eval/response_length": res.response_length, "eval/reward_errors": float(res.reward_errors)}
+        if ws > 1:  # reward_mean: over the scorable completions of all workers (NaN when none)
             n = float(len(examples))
-            sums = self.all_sum(torch.tensor([res.reward_mean * n, res.accuracy * n, res.response_length * n, n],
+            scored = n - res.reward_errors
+            sums = self.all_sum(torch.tensor([res.reward_mean * scored if scored else 0.0, scored, res.accuracy * n,
+                                              res.response_length * n, n, float(res.reward_errors)],
                                              dtype=torch.float64, device=self.device)).tolist()
-            metrics = {k: v / max(sums[3], 1.0) for k, v in zip(metrics, sums[:3])}
+            metrics = {"eval/reward_mean": sums[0] / sums[1] if sums[1] else float("nan"),
+                       "eval/accuracy": sums[2] / max(sums[4], 1.0),
+                       "eval/response_length": sums[3] / max(sums[4], 1.0), "eval/reward_errors": sums[5]}
         self.last_eval = {"step": step, **metrics}
         if res.samples:
             self.pending_samples.append((step, res.samples))

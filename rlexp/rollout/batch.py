@@ -1,8 +1,11 @@
 """The typed rollout batch and prompt encoding.
 
 Shapes: ``prompt_ids/prompt_mask [B, P]`` left-padded; ``response_ids/mask [B, T]`` right-padded,
-``mask`` ones a prefix of each row (EOS included); ``token_rewards [B, T]`` the task's rewards per
-token (a sequence score sits on the last masked token); ``scores [B]`` their per-row sums.
+``mask`` ones a prefix of each row (EOS included); ``token_rewards [B, T]`` the rewards per token (a
+sequence score sits on the last masked token); ``scores [B]`` their per-row sums, shaping included
+(DAPO's overlong penalty); ``task_scores [B]`` the task's own verdict before any shaping, which decides
+what has signal (dynamic sampling, zero-variance filtering, pass rates); ``rollout_logprobs [B, T]``
+the sampler's log-prob of each sampled token (0 off the mask).
 Completions of one prompt are consecutive rows (groups of ``num_generations``).
 """
 from __future__ import annotations
@@ -28,6 +31,18 @@ class RolloutBatch:
     prompt_index: list[int] = field(default_factory=list)
     #: [B] bool: the reward function could not score the row (task.on_reward_error=skip); None = none failed
     reward_failed: torch.Tensor | None = None
+    #: [B, T] the sampler's log-prob of each sampled token (0 off the mask); None = not recorded
+    rollout_logprobs: torch.Tensor | None = None
+    #: [B] the task's reward before shaping; None = same as ``scores``
+    task_scores: torch.Tensor | None = None
+
+    def verdicts(self) -> torch.Tensor:
+        """``[B]`` the task's scores before shaping (``scores`` when nothing was shaped)."""
+        return self.scores if self.task_scores is None else self.task_scores
+
+    def valid_rows(self) -> torch.Tensor:
+        """``[B]`` bool, True where the completion has a reward (the complement of `failed_rows`)."""
+        return ~self.failed_rows()
 
     def failed_rows(self) -> torch.Tensor:
         """``[B]`` bool, True where the reward is missing."""
@@ -43,10 +58,11 @@ class RolloutBatch:
         """The batch restricted to ``rows`` (in that order)."""
         idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         pick = lambda xs: [xs[i] for i in rows] if xs else []  # noqa: E731
+        opt = lambda x: None if x is None else x[idx]  # noqa: E731
         return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.mask[idx],
                             self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
                             pick(self.completions), pick(self.targets), pick(self.prompt_index),
-                            self.failed_rows()[idx])
+                            self.failed_rows()[idx], opt(self.rollout_logprobs), opt(self.task_scores))
 
     @staticmethod
     def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -61,6 +77,7 @@ class RolloutBatch:
 
         def right(x, width, value):
             return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+        has_logprobs = all(b.rollout_logprobs is not None for b in batches)
         return RolloutBatch(
             torch.cat([left(b.prompt_ids, P, pad_id) for b in batches]),
             torch.cat([left(b.prompt_mask, P, 0) for b in batches]),
@@ -71,7 +88,9 @@ class RolloutBatch:
             torch.cat([b.scores for b in batches]),
             [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
             [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index],
-            torch.cat([b.failed_rows() for b in batches]))
+            torch.cat([b.failed_rows() for b in batches]),
+            torch.cat([right(b.rollout_logprobs, T, 0.0) for b in batches]) if has_logprobs else None,
+            torch.cat([b.verdicts() for b in batches]))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

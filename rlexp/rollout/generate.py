@@ -1,8 +1,19 @@
-"""Sampling completions with ``generate`` (KV cache) and scoring them with the task's reward."""
+"""Sampling completions with ``generate`` (KV cache) and scoring them with the task's reward.
+
+Sampling applies, in this order, the temperature ``T`` (``softmax(logits / T)``) and nucleus
+truncation (``top_p``: the smallest set of tokens whose tempered probability reaches ``top_p``,
+renormalized). ``sample(..., return_logprobs=True)`` also returns the log-probability the sampler
+gave each sampled token under *that* processed distribution (``rollout_logprobs``): the training side
+scores ``softmax(logits / T)`` over the whole vocabulary (as verl, TRL and OpenRLHF do), so with
+``top_p = 1`` the two agree up to numerics, while ``top_p < 1`` makes the sampler's log-prob larger
+by the log of the nucleus mass it renormalized by (the trainer does not truncate;
+``train/rollout_mismatch_kl`` shows that gap).
+"""
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from rlexp.rollout.batch import RolloutBatch, encode_prompts
 from rlexp.tasks.base import Example, Task, call_reward
@@ -18,30 +29,81 @@ def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tenso
     return mask, finished
 
 
+class SampledLogprobs(LogitsProcessor):
+    """The last logits processor of a sampling ``generate``: records ``log softmax(scores)[token]`` of each
+    sampled token, where ``scores`` are the fully processed logits the sampler draws from.
+
+    Step ``t``'s token is only known at step ``t + 1`` (as ``input_ids[:, -1]``), so one ``[B, V]``
+    log-softmax is kept pending at a time (never the whole ``[B, T, V]``); `finish` gathers the last one.
+    """
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+        self._pending: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._pending is not None:
+            self.steps.append(self._pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self._pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` log-probs of ``response_ids`` (the ``T`` generated tokens) under the sampler."""
+        if self._pending is not None:
+            self.steps.append(self._pending.gather(-1, response_ids[:, -1:]).squeeze(-1))
+            self._pending = None
+        if len(self.steps) != response_ids.shape[1]:
+            raise RuntimeError(f"SampledLogprobs saw {len(self.steps)} sampling steps for {response_ids.shape[1]} "
+                               f"generated tokens")
+        return torch.stack(self.steps, dim=1)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool,
-           temperature: float = 1.0, top_p: float = 1.0, chat_template: bool = False):
-    """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings.
+           temperature: float = 1.0, top_p: float = 1.0, chat_template: bool = False,
+           return_logprobs: bool = False):
+    """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings, plus the
+    sampler's ``logprobs [B, T]`` of the response tokens (0 off the mask) with ``return_logprobs``
+    (sampling only).
 
     Generation runs in eval mode (then the model's mode is restored): a model with activation
     checkpointing drops its KV cache in train mode."""
+    if return_logprobs and not do_sample:
+        raise ValueError("return_logprobs=True needs do_sample=True")
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template)
+    # The sampling processors are passed explicitly so that the log-prob recorder runs after them (generate
+    # would append its own temperature/top-p warpers after any user processor). top_k=0: no top-k cut.
+    processors, recorder = LogitsProcessorList(), None
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(temperature)))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=float(top_p)))
+        if return_logprobs:
+            recorder = SampledLogprobs()
+            processors.append(recorder)
     gen = GenerationConfig(
-        do_sample=do_sample, temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+        do_sample=do_sample, temperature=1.0 if do_sample else None, top_p=1.0 if do_sample else None,
         top_k=0 if do_sample else None, max_new_tokens=max_new_tokens, use_cache=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen,
+                             logits_processor=processors)
     finally:
         model.train(was_training)
     response_ids = out[:, prompt_ids.shape[1]:]
     if response_ids.shape[1] == 0:  # cannot happen with max_new_tokens >= 1; keep shapes sane anyway
         response_ids = torch.full((len(prompts), 1), tokenizer.eos_token_id, device=device)
+    logprobs = recorder.finish(response_ids) if recorder is not None else None
     mask, finished = _response_mask(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(mask.bool(), response_ids, torch.full_like(response_ids, tokenizer.pad_token_id))
+    if return_logprobs:
+        # off the mask (after EOS) the recorder gathered pad tokens, -inf under top-p: zeros there
+        logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
+        return prompt_ids, prompt_mask, response_ids, mask, finished, logprobs
     return prompt_ids, prompt_mask, response_ids, mask, finished
 
 
@@ -82,12 +144,12 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     """Sample ``num_generations`` completions per example (consecutive rows) and score them.
     ``prompt_index`` (one per example) records where each prompt sits in the training pool."""
     rows = [e for e in examples for _ in range(num_generations)]
-    prompt_ids, prompt_mask, response_ids, mask, finished = sample(
+    prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_p=top_p, chat_template=task.chat_template)
+        temperature=temperature, top_p=top_p, chat_template=task.chat_template, return_logprobs=True)
     token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
-                        reward_failed=failed,
+                        reward_failed=failed, rollout_logprobs=rollout_logprobs, task_scores=scores.clone(),
                         prompt_index=[i for i in (prompt_index or [-1] * len(examples))
                                       for _ in range(num_generations)])

@@ -5,8 +5,10 @@
 reproducible and resumable. ScaleRL's *no-positive-resampling* removes a prompt for good once the
 pass rate of its group reaches a threshold (``remove``); the removed set is part of the run state.
 
-``collect_groups`` implements DAPO's *dynamic sampling* (Yu et al. 2025): keep drawing batches of
-prompts, drop groups whose rewards are all equal (they carry no group-relative signal), until
+``collect_groups`` implements DAPO's *dynamic sampling* (Yu et al. 2025, eq. 11: keep a group iff
+0 < #correct < G): keep drawing batches of prompts, drop groups whose task verdicts (the reward before
+shaping such as the overlong penalty; unscorable completions left out) are all equal — they carry no
+group-relative signal — until
 ``num_prompts`` groups are kept or ``max_draws`` batches were drawn; a batch still short is topped
 up with dropped groups (zero advantage under group estimators), so the batch shape never changes.
 """
@@ -16,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from rlexp.core import zero_std_groups
 from rlexp.rollout.batch import RolloutBatch
 from rlexp.tasks.base import Example
 
@@ -62,8 +65,7 @@ def collect_groups(generate: Callable[[int], RolloutBatch], *, num_prompts: int,
     while draws < max_draws and n_kept < num_prompts:
         batch = generate(draws)
         draws += 1
-        groups = batch.scores.view(-1, group_size)
-        signal = (groups.max(1).values != groups.min(1).values).tolist()
+        signal = (~zero_std_groups(batch.verdicts(), group_size, valid=batch.valid_rows())).tolist()
         n_seen += len(signal)
         rows = lambda keep: [g * group_size + k for g, s in enumerate(signal) if s == keep  # noqa: E731
                              for k in range(group_size)]
