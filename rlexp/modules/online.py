@@ -384,7 +384,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         a = self.algo
         t0 = time.perf_counter()
         batch, draws, signal_frac = self.collect_rollout()
-        t_gen = time.perf_counter() - t0
+        t_rollout = time.perf_counter() - t0
+        t_gen = t_rollout - batch.reward_seconds  # generation only; scoring is perf/reward_seconds
         exp = self.make_experience(batch)
         acc = self.update(exp)
         removed = 0
@@ -410,7 +411,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
                         "train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
                         "train/prompts_removed": float(removed),
                         "perf/step_seconds": step_seconds, "perf/generate_seconds": t_gen,
-                        "perf/update_seconds": step_seconds - t_gen,
+                        "perf/reward_seconds": batch.reward_seconds, "perf/update_seconds": step_seconds - t_rollout,
                         "perf/tokens_per_second": n_tokens / step_seconds,
                         "perf/generate_tokens_per_second": n_tokens / max(t_gen, 1e-9)})
         if signal_frac is not None:

@@ -35,6 +35,8 @@ class RolloutBatch:
     rollout_logprobs: torch.Tensor | None = None
     #: [B] the task's reward before shaping; None = same as ``scores``
     task_scores: torch.Tensor | None = None
+    #: seconds the reward function took to score the batch (the rest of a rollout's time is generation)
+    reward_seconds: float = 0.0
 
     def verdicts(self) -> torch.Tensor:
         """``[B]`` the task's scores before shaping (``scores`` when nothing was shaped)."""
@@ -62,7 +64,8 @@ class RolloutBatch:
         return RolloutBatch(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.mask[idx],
                             self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
                             pick(self.completions), pick(self.targets), pick(self.prompt_index),
-                            self.failed_rows()[idx], opt(self.rollout_logprobs), opt(self.task_scores))
+                            self.failed_rows()[idx], opt(self.rollout_logprobs), opt(self.task_scores),
+                            self.reward_seconds)
 
     @staticmethod
     def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -90,7 +93,7 @@ class RolloutBatch:
             [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index],
             torch.cat([b.failed_rows() for b in batches]),
             torch.cat([right(b.rollout_logprobs, T, 0.0) for b in batches]) if has_logprobs else None,
-            torch.cat([b.verdicts() for b in batches]))
+            torch.cat([b.verdicts() for b in batches]), sum(b.reward_seconds for b in batches))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

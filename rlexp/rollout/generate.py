@@ -11,6 +11,8 @@ by the log of the nucleus mass it renormalized by (the trainer does not truncate
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -147,9 +149,12 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_p=top_p, chat_template=task.chat_template, return_logprobs=True)
+    t0 = time.perf_counter()
     token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True)
+    reward_seconds = time.perf_counter() - t0
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
                         reward_failed=failed, rollout_logprobs=rollout_logprobs, task_scores=scores.clone(),
+                        reward_seconds=reward_seconds,
                         prompt_index=[i for i in (prompt_index or [-1] * len(examples))
                                       for _ in range(num_generations)])
