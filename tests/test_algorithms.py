@@ -114,5 +114,6 @@ def test_dynamic_sampling_draws_more_batches_when_groups_are_flat(in_tmp):
     module = run(compose([*FAST, *GROUP, "algorithm=dapo", "tracking=none", "algorithm.max_gen_batches=3"]))
     drawn = [h["train/gen_batches_drawn"] for h in module.history if "train/gen_batches_drawn" in h]
     flat = [h["train/frac_zero_std_groups"] for h in module.history if "train/frac_zero_std_groups" in h]
+    assert drawn and len(flat) == len(drawn) == module.iteration + 1, (drawn, flat)
     assert all(1 <= d <= 3 for d in drawn)
     assert any(d > 1 for d in drawn) or all(f == 0 for f in flat)

@@ -28,6 +28,12 @@ CASES = {
                        "algorithm.actor_lr=1e-3", "algorithm.critic_lr=1e-3", "algorithm.kl_coef=0.1",
                        "task.reward._target_=rlexp.tasks.arithmetic.partial_credit"],
 }
+# the losses each case logs, hence compares (GRPO: KL in the loss, no critic; PPO: critic, KL in the reward)
+_GRPO_METRICS = ("train/policy_loss", "train/kl_loss", "train/grad_norm")
+COMPARED_METRICS = {
+    "grpo-token-mean": _GRPO_METRICS, "grpo-seq-mean-token-mean": _GRPO_METRICS, "grpo-prompt-mean": _GRPO_METRICS,
+    "ppo-token-mean": ("train/policy_loss", "train/value_loss", "train/grad_norm", "train/critic_grad_norm"),
+}
 
 
 def _fixed_batch(overrides):
@@ -53,6 +59,8 @@ def _assert_same_update(got: dict, want_module, want_metrics: dict, case: str):
     The parameters are compared to 1e-4 only: Adam's first step is ``lr·g/(|g|+ε)``, which turns a 1e-7
     difference in a near-zero gradient entry into a visible one (and is blind to the gradient's scale,
     which is why the gradients themselves are compared)."""
+    optimized = {"train/policy_loss"} | {"train/value_loss"} & set(COMPARED_METRICS[case])  # actor (+ critic)
+    assert set(want_module.grads) == set(got["grads"]) == optimized, (case, sorted(want_module.grads))
     for name, steps in want_module.grads.items():
         assert len(got["grads"][name]) == len(steps), (case, name)
         for k, (mine, theirs) in enumerate(zip(got["grads"][name], steps)):
@@ -65,9 +73,9 @@ def _assert_same_update(got: dict, want_module, want_metrics: dict, case: str):
     for name, p in want_module.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(got["params"][name], p.detach(), rtol=0, atol=1e-4, msg=lambda m, c=case, n=name: f"{c}: {n}: {m}")
-    for key in ("train/policy_loss", "train/kl_loss", "train/value_loss", "train/grad_norm", "train/critic_grad_norm"):
-        if key in want_metrics:
-            assert got["metrics"][key] == pytest.approx(want_metrics[key], rel=1e-5, abs=1e-6), (case, key)
+    for key in COMPARED_METRICS[case]:
+        assert key in want_metrics and key in got["metrics"], (case, key, "not logged")
+        assert got["metrics"][key] == pytest.approx(want_metrics[key], rel=1e-5, abs=1e-6), (case, key)
 
 
 @pytest.mark.slow

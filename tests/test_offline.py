@@ -201,7 +201,7 @@ def test_precomputed_reference_logps_do_not_change_the_losses(prefs_path, in_tmp
     assert cached.reference is None and live.reference is not None
     for key in ("train/loss", "train/rewards_chosen", "train/rewards_rejected", "train/reward_margin"):
         a, b = _values(cached, key), _values(live, key)
-        assert len(a) == 4 and torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5), (key, a, b)
+        assert len(a) == len(b) == 4 and torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5), (key, a, b)
     assert _values(cached, "train/loss")[-1] < _values(cached, "train/loss")[0]  # and it learns (lr 1e-3)
 
 
@@ -228,6 +228,7 @@ def test_rounds_follow_one_another_and_rounds_caps_them(in_tmp):
     module = _fit(*RS, "trainer.max_steps=6")  # ≤ 4 accepted, 2 per step: ≤ 2 steps a round
     rounds = _values(module, "train/round")
     assert len(rounds) >= 3 and rounds == sorted(rounds) and module.last_eval["step"] == 6
+    assert _steps(module, "train/loss") == [1, 2, 3, 4, 5, 6]  # what a round with no accepted sample lacks
     capped = _fit(*RS, "trainer.max_steps=50", "algorithm.rounds=1")
     assert _values(capped, "train/round") == [1.0]
     assert capped.trainer.global_step <= 2 and capped.last_eval["step"] == capped.trainer.global_step

@@ -101,7 +101,8 @@ def test_rollout_sampling_knobs_change_the_update(tmp_path, in_tmp):
 def test_kl_coef_zero_builds_no_reference(tmp_path, in_tmp):
     _, module = _train(KNOB_BASE + ["algorithm.kl_coef=0"], tmp_path)
     assert module.reference is None
-    assert all(h.get("train/kl", 0.0) == 0.0 for h in module.history)
+    kls = [h["train/kl"] for h in module.history if "train/policy_loss" in h]  # every iteration logs it
+    assert kls and all(kl == 0.0 for kl in kls), kls
 
 
 def _module(overrides):
@@ -202,12 +203,18 @@ def _one_iteration(overrides, *, single_pass: bool):
     return module, next(h for h in module.history if "train/policy_loss" in h), sum(calls)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["algorithm=grpo", "algorithm.prompts_per_step=2", "algorithm.num_generations=4", "algorithm.minibatch_size=8",
-     "algorithm.kl_coef=0.3", "algorithm.entropy_coef=0.01"],
-    ["algorithm.ppo_epochs=1", "algorithm.minibatch_size=8", "algorithm.kl_coef=0.0"],
+_EVERY_CASE = ("train/policy_loss", "train/kl", "train/rollout_entropy", "train/entropy", "train/clipfrac",
+                "train/approx_kl", "train/is_ratio_mean", "train/grad_norm", "train/advantage_mean")
+
+
+@pytest.mark.parametrize("overrides,present,absent", [
+    (["algorithm=grpo", "algorithm.prompts_per_step=2", "algorithm.num_generations=4", "algorithm.minibatch_size=8",
+      "algorithm.kl_coef=0.3", "algorithm.entropy_coef=0.01"],
+     _EVERY_CASE + ("train/kl_loss",), ("train/value_loss", "train/critic_grad_norm")),
+    (["algorithm.ppo_epochs=1", "algorithm.minibatch_size=8", "algorithm.kl_coef=0.0"],
+     _EVERY_CASE + ("train/value_loss", "train/critic_grad_norm", "train/vf_clipfrac"), ("train/kl_loss",)),
 ], ids=["grpo-kl-in-loss", "ppo-critic"])
-def test_single_pass_update_equals_the_two_pass_update(overrides):
+def test_single_pass_update_equals_the_two_pass_update(overrides, present, absent):
     """One epoch over one minibatch: the update's forward doubles as the old log-probs (ρ = 1 with its
     gradient). Same parameters after the step and the same logged diagnostics as with a separate
     no-grad scoring pass, with one actor pass fewer."""
@@ -218,12 +225,11 @@ def test_single_pass_update_equals_the_two_pass_update(overrides):
     for p, q in zip(fused.actor.parameters(), plain.actor.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert set(m_fused) == set(m_plain)
-    for key in ("train/policy_loss", "train/kl", "train/kl_loss", "train/rollout_entropy", "train/entropy",
-                "train/clip_frac", "train/approx_kl", "train/value_loss", "train/advantage_mean"):
-        if key in m_plain:
-            assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
-    if "train/kl_loss" in m_plain:
-        assert m_plain["train/kl"] > 0
+    assert not set(present) - set(m_plain), f"missing metrics: {sorted(set(present) - set(m_plain))}"
+    assert not set(absent) & set(m_plain), f"unexpected metrics: {sorted(set(absent) & set(m_plain))}"
+    for key in present:
+        assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
+    assert (m_plain["train/kl"] > 0) == ("train/kl_loss" in present)
 
 
 @pytest.mark.parametrize("extra", [["algorithm.ppo_epochs=2"], ["algorithm.minibatch_size=4"],

@@ -104,7 +104,7 @@ def test_skip_counts_string_rewards_as_unscorable(mlflow_uri, in_tmp):
     client = MlflowClient(mlflow_uri)
     run = client.search_runs([client.get_experiment_by_name("reward_text").experiment_id])[0]
     errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
-    assert run.info.status == "FINISHED" and len(errors) == 2 and sum(errors) > 0
+    assert run.info.status == "FINISHED" and len(errors) == len(rows) == 2 and sum(errors) > 0
 
 
 def test_a_run_stops_with_the_completion_named(mlflow_uri, in_tmp, capsys):
