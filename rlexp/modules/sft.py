@@ -1,7 +1,8 @@
 """Supervised fine-tuning on (prompt, completion) pairs: NLL of completion tokens only.
 
 Automatic optimization; AdamW with a linear warm-up to a *constant* learning rate (a decaying rate
-produced a useless RL warm start here, shared/FACTS.md). It builds the warm start of the embedded
+reached 23% greedy accuracy but 4.7% sampled at T=1, a useless RL warm start; the constant one 26.5%
+greedy, 12% sampled). It builds the warm start of the embedded
 model, and is the fine-tuning half of rejection sampling.
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Recording a run in MLflow through Lightning's ``MLFlowLogger``.
 
-Conventions (shared/DESIGN.md): the default store is ``sqlite:///<launch dir>/mlflow.db``;
+Conventions: the default store is ``sqlite:///<launch dir>/mlflow.db``;
 ``MLFLOW_TRACKING_URI`` or ``tracking.uri=`` override it. Params are the whole resolved config with
 dotted keys (``algorithm.gamma``); metrics are namespaced (``train/``, ``eval/``, ``perf/``) with
 step = RL iterations completed; tags name the algorithm, task, model, git commit and the overrides;
-artifacts are the resolved config and tables of sample completions with their rewards.
+artifacts are the resolved config and tables of sample completions with their rewards. A sweep is a
+parent run with nested child runs tagged with the sweep id (``rlexp.sweep_id``).
 """
 from __future__ import annotations
 
