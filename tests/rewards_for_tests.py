@@ -64,3 +64,15 @@ def returns_a_float(prompts, completions, *, targets, finished, **kwargs):
     """The batch's mean score instead of one score per completion."""
     return sum(float(done and c == t) for c, t, done in zip(completions, targets, finished)) / len(completions)
 
+
+
+def first_operand_or_fail(prompts, completions, **kwargs):
+    """``a / 100`` for the prompt ``a+b=``; raises when ``b`` is odd. It reads the prompt only, so every
+    evaluation of the same held-out prompts has the same scorable ones and the same mean over them."""
+    out = []
+    for p in prompts:
+        a, b = p.rstrip("=").split("+")
+        if int(b) % 2:
+            raise ValueError(f"cannot score {p!r}")
+        out.append(int(a) / 100)
+    return out

@@ -1,13 +1,26 @@
-"""A reward function that raises: the error names the function and the completion at fault; with
-task.on_reward_error=skip the completion is scored as missing, left out of the loss, and counted."""
+"""A reward function that raises or returns something unusable (a string, None, a dict): the error names
+the function and the completion at fault; with task.on_reward_error=skip the completion is scored as
+missing, left out of the loss and of the evaluation's mean, and counted."""
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from fast_overrides import FAST
+from one_iteration import build
 from rlexp.cli import main
+from rlexp.rollout import evaluate
+from rlexp.tasks import ArithmeticTask
 from rlexp.tasks.base import RewardError, call_reward
+from rlexp.train import compose
 
 BAD = "task.reward._target_=rewards_for_tests.chokes_on_a_digit"
 
@@ -104,7 +117,7 @@ def test_skip_counts_string_rewards_as_unscorable(mlflow_uri, in_tmp):
     client = MlflowClient(mlflow_uri)
     run = client.search_runs([client.get_experiment_by_name("reward_text").experiment_id])[0]
     errors = [m.value for m in client.get_metric_history(run.info.run_id, "train/reward_errors")]
-    assert run.info.status == "FINISHED" and len(errors) == len(rows) == 2 and sum(errors) > 0
+    assert run.info.status == "FINISHED" and len(errors) == 2 and sum(errors) > 0
 
 
 def test_a_run_stops_with_the_completion_named(mlflow_uri, in_tmp, capsys):
@@ -129,6 +142,59 @@ def test_skip_leaves_the_completions_out_of_the_loss_and_counts_them(mlflow_uri,
     assert run.info.status == "FINISHED" and len(errors) == len(rows) == 2 and sum(errors) > 0
     # FAST: 8 completions per iteration; the skipped ones are no loss rows
     assert all(r <= 1 - e / 8 + 1e-6 for r, e in zip(rows, errors))
+
+
+def test_evaluation_leaves_unscorable_completions_out_of_the_mean_and_counts_them(mlflow_uri, in_tmp):
+    """The reward scores half the held-out prompts (from the prompt alone): eval/reward_mean is the mean
+    over those, eval/reward_errors counts the others, and their samples have no reward (not 0)."""
+    over = ["task.reward._target_=rewards_for_tests.first_operand_or_fail", "task.on_reward_error=skip"]
+    assert main(["train", *FAST, *over, f"tracking.uri={mlflow_uri}", "tracking.experiment=reward_eval"]) == 0
+    mean, unscorable = _first_operand_expectation(over)
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("reward_eval").experiment_id])[0]
+    means = [m.value for m in client.get_metric_history(run.info.run_id, "eval/reward_mean")]
+    errors = [m.value for m in client.get_metric_history(run.info.run_id, "eval/reward_errors")]
+    assert run.info.status == "FINISHED" and errors == [unscorable] * 3
+    assert means == pytest.approx([mean] * 3, abs=1e-6)
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "samples/eval_step_000000.json",
+                                                      str(in_tmp))).read_text())
+    cols = table["columns"]
+    for row in table["data"]:
+        _, b = row[cols.index("prompt")].rstrip("=").split("+")
+        assert (row[cols.index("reward")] is None) == (int(b) % 2 == 1), row
+
+
+def _first_operand_expectation(over):
+    """``(mean over the scorable held-out prompts, number of unscorable ones)`` for first_operand_or_fail."""
+    held_out = [e.prompt.rstrip("=").split("+") for e in instantiate(compose([*FAST, *over]).task).eval_examples]
+    scorable = [int(a) / 100 for a, b in held_out if int(b) % 2 == 0]
+    assert 0 < len(scorable) < len(held_out) == 32
+    return sum(scorable) / len(scorable), len(held_out) - len(scorable)
+
+
+@pytest.mark.slow
+def test_two_workers_reduce_the_evaluation_over_scorable_completions(tmp_path):
+    """hardware=ddp_cpu: each worker evaluates half the held-out prompts; the logged mean is over the
+    scorable completions of both, and the errors are their sum."""
+    over = ["task.reward._target_=rewards_for_tests.first_operand_or_fail", "task.on_reward_error=skip"]
+    mean, unscorable = _first_operand_expectation(over)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "rlexp", "train", "hardware=ddp_cpu", *FAST, *over, "trainer.max_steps=1",
+                          "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])[0].info.run_id
+    assert [m.value for m in client.get_metric_history(run_id, "eval/reward_errors")] == [unscorable] * 2
+    assert [m.value for m in client.get_metric_history(run_id, "eval/reward_mean")] == pytest.approx([mean] * 2, abs=1e-6)
+
+
+def test_evaluation_with_nothing_scorable_has_no_mean_not_zero():
+    """Every completion unscorable: reward_mean is NaN (no value), not 0; all counted."""
+    _, module = build([])
+    task = ArithmeticTask(num_eval=8, reward=lambda p, c, **kw: [None] * len(c), on_reward_error="skip")
+    res = evaluate(module.policy_model, module.tokenizer, task, task.eval_examples, max_new_tokens=task.max_new_tokens,
+                   num_samples=2)
+    assert math.isnan(res.reward_mean) and res.reward_errors == 8 and [s["reward"] for s in res.samples] == [None, None]
 
 
 def test_on_reward_error_accepts_raise_or_skip_only():

@@ -1,4 +1,10 @@
-"""Greedy evaluation on held-out prompts: mean task reward, exact-match accuracy and samples."""
+"""Greedy evaluation on held-out prompts: mean task reward, exact-match accuracy and samples.
+
+``reward_mean`` is the mean over the completions the reward function could score: those it could not
+(``task.on_reward_error=skip``) are left out of it and counted in ``reward_errors``, not scored 0.
+When it could score none, ``reward_mean`` is NaN (logged as such: the comparison tools and the
+summaries read NaN as "no value"), never a misleading 0.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,32 +17,39 @@ from rlexp.tasks.base import Example, Task
 
 @dataclass
 class EvalResult:
+    #: mean task reward over the scorable completions; NaN when there was none
     reward_mean: float
     accuracy: float
     response_length: float
     samples: list[dict] = field(default_factory=list)
+    #: completions the reward function could not score (``task.on_reward_error=skip``)
+    reward_errors: int = 0
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_tokens: int,
              batch_size: int = 256, num_samples: int = 0) -> EvalResult:
     """Greedy-decode every example; ``accuracy``: the share the task judges correct (``task.is_correct``;
-    by default the completion text equals the target and ended with EOS)."""
+    by default the completion text equals the target and ended with EOS), over all of them.
+    A sample's ``reward`` is None where the reward function could not score it."""
     was_training = model.training
     model.eval()
-    rewards, correct, lengths, samples = [], [], [], []
+    rewards, errors, correct, lengths, samples = [], 0, [], [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
                                                     max_new_tokens=max_new_tokens, do_sample=False,
                                                     chat_template=task.chat_template)
-        _, scores, texts = score(task, tokenizer, chunk, response_ids, mask, finished)  # unscorable: reward 0
-        rewards += scores.tolist()
+        _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True)
+        kept = [None if f else s for s, f in zip(scores.tolist(), failed.tolist())]
+        rewards += [s for s in kept if s is not None]
+        errors += int(failed.sum())
         lengths += mask.sum(1).tolist()
-        for e, text, done, s in zip(chunk, texts, finished.tolist(), scores.tolist()):
+        for e, text, done, s in zip(chunk, texts, finished.tolist(), kept):
             correct.append(float(task.is_correct(e, text, done)))
             if len(samples) < num_samples:
                 samples.append({"prompt": e.prompt, "completion": text, "target": e.target, "reward": s})
     model.train(was_training)
-    n = max(len(rewards), 1)
-    return EvalResult(sum(rewards) / n, sum(correct) / n, sum(lengths) / n, samples)
+    n = max(len(correct), 1)
+    reward_mean = sum(rewards) / len(rewards) if rewards else float("nan")
+    return EvalResult(reward_mean, sum(correct) / n, sum(lengths) / n, samples, errors)
