@@ -42,7 +42,7 @@ KNOBS = {
     "entropy_coef": ([], "algorithm.entropy_coef=0.1"),
     "kl_coef": ([], "algorithm.kl_coef=0.5"),
     "kl_estimator": (["algorithm.kl_coef=0.5"], "algorithm.kl_estimator=k3"),
-    "kl_placement": (["algorithm.kl_coef=0.5"], "algorithm.kl_placement=in_loss"),
+    "kl_placement": (["algorithm.kl_coef=0.5", "algorithm.kl_estimator=k3"], "algorithm.kl_placement=in_loss"),
     "value_clip_eps": ([], "algorithm.value_clip_eps=1e-5"),
     "critic_init": ([], "algorithm.critic_init=random"),
     "prompts_per_step": ([], "algorithm.prompts_per_step=16"),
@@ -145,7 +145,7 @@ def test_experience_puts_kl_in_the_reward_and_runs_gae(estimator):
 
 
 def test_kl_in_loss_leaves_the_reward_alone():
-    _, module = _module(["algorithm.kl_coef=0.3", "algorithm.kl_placement=in_loss"])
+    _, module = _module(["algorithm.kl_coef=0.3", "algorithm.kl_estimator=k3", "algorithm.kl_placement=in_loss"])
     _perturb(module.reference)
     from rlexp.rollout import generate_rollout
 
@@ -238,7 +238,7 @@ def test_single_pass_only_where_the_update_starts_on_policy(extra):
     """Several epochs or minibatches (later ones are off-policy), or a KL in the reward (the advantages
     need logπ_old first), keep the separate scoring pass."""
     _, module = _module(["algorithm.ppo_epochs=1", "algorithm.minibatch_size=8", "algorithm.kl_coef=0.1",
-                         "algorithm.kl_placement=in_loss"] + extra)
+                         "algorithm.kl_estimator=k3", "algorithm.kl_placement=in_loss"] + extra)
     assert not module.single_pass(8)
 
 
