@@ -13,6 +13,8 @@ Hydra builds it with ``_partial_: true``, so extra config keys become keyword ar
   when it ended (``finished[i]``), so ``len(completion_ids[i])`` is its number of masked tokens;
 - return one float per completion (a sequence score, placed on its last token), or one list per
   completion with one float per token (per-token rewards; their sum is the completion's score).
+  Numbers only (ints, bools and numpy/torch scalars count; a string such as ``"1.0"`` is an error);
+  under ``task.on_reward_error=skip``, ``None`` marks a completion the function cannot score.
 Accept ``**kwargs`` so that fields added later do not break your function.
 """
 from __future__ import annotations
@@ -210,7 +212,8 @@ class Task:
             raise ValueError(f"task.on_reward_error={on_reward_error}: expected one of {', '.join(REWARD_ERROR_MODES)}")
         self.name = name
         self.reward = reward
-        #: what a reward function that raises (or returns NaN/Inf) does: stop the run, or skip the completion
+        #: what a reward function that raises (or returns NaN/Inf, a string, None...) for a completion does:
+        #: stop the run, or skip the completion
         self.on_reward_error = on_reward_error
         self.max_new_tokens = max_new_tokens
         self.train_examples: list[Example] = []
