@@ -94,6 +94,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
             log.info("Warm start built in %.1f s (greedy accuracy %.3f) and cached at %s",
                      ws_info["seconds"], ws_info["accuracy"], model_dir)
         module, train_loader = build_module(cfg, task, model_dir)
+        if resume_state and logger is not None:  # steps the killed run logged past its checkpoint: not again
+            module.already_logged = _logged_steps(logger)
         callbacks = list(callbacks or [])
         if cfg.algorithm.module == "online":  # checkpoints at iteration boundaries, Ctrl-C at one
             from rlexp.modules.checkpoint import IterationCheckpoint
@@ -175,10 +177,11 @@ def _resume_point(cfg, launch_dir: str):
             raise ConfigError(f"resume=auto: no last.ckpt under {', '.join(str(r) for r in roots)}")
     else:
         path = Path(str(resume)).expanduser()
-    try:
-        state, saved_config = read_checkpoint(path)
+    try:  # every byte checked before MLflow is touched: a damaged file must not reopen (and fail) its run
+        state, saved_config = read_checkpoint(path, whole=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: name it
-        raise ConfigError(f"resume={path}: cannot be read as an rlexp checkpoint: {type(e).__name__}: {e}") from e
+        why = (str(e).splitlines() or [""])[0][:300]
+        raise ConfigError(f"resume={path}: cannot be read as an rlexp checkpoint: {type(e).__name__}: {why}") from e
     changed = config_changes(saved_config, flatten_config(cfg))
     if changed:
         raise ConfigError(f"resume={path}: this run's config differs from the checkpointed run's where it decides "
@@ -191,8 +194,39 @@ def _resume_point(cfg, launch_dir: str):
     if state["iteration"] >= cfg.trainer.max_steps:
         raise ConfigError(f"resume={path}: the checkpoint is at iteration {state['iteration']}, which is already "
                           f"trainer.max_steps={cfg.trainer.max_steps}: raise trainer.max_steps to train further")
+    _refuse_finished_run(cfg, launch_dir, path, state)
     log.info("Resuming from %s at iteration %d", path, state["iteration"])
     return path, state
+
+
+def _refuse_finished_run(cfg, launch_dir: str, path: Path, state: dict) -> None:
+    """A checkpoint (e.g. an ``iter-NNNNNN.ckpt``) of a run whose MLflow record has since FINISHED is refused:
+    resuming it would reopen a complete record and log its steps again. The store is only read here."""
+    from rlexp.tracking.mlflow import launch_rank, resolve_tracking_uri
+    run_id = state.get("mlflow_run_id")
+    if not run_id or cfg.tracking.name == "none" or launch_rank() != 0:
+        return
+    from mlflow.tracking import MlflowClient
+    try:
+        status = MlflowClient(resolve_tracking_uri(cfg.tracking, launch_dir)).get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 - an unusable store or an unknown run id: make_logger names it
+        return
+    if status == "FINISHED":
+        output = path.parent.parent if path.parent.name == "checkpoints" else None
+        policy = output / "policy" if output is not None and (output / "policy").is_dir() else "<its output dir>/policy"
+        raise ConfigError(f"resume={path}: its MLflow run {run_id} has FINISHED since this checkpoint was written, "
+                          f"and a resume would reopen it; to train further, start a new run from its saved policy "
+                          f"(model=hf model.name_or_path={policy})")
+
+
+def _logged_steps(logger) -> dict[str, int]:
+    """``{metric: last step}`` that the MLflow run being resumed already holds. A killed run may have logged
+    iterations after its last checkpoint; the resumed run computes them again (identically: same state, same
+    random streams) and does not log them a second time (MLflow cannot delete a metric point), so the
+    history keeps exactly one value per step."""
+    client, run_id = logger.experiment, logger.run_id
+    return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1)
+            for k in client.get_run(run_id).data.metrics}
 
 
 def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:
@@ -254,6 +288,11 @@ def _failed_job(cfg: DictConfig, overrides: list[str], error: Exception) -> floa
 def hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
+    from rlexp.tracking.sweep import finished_result
+
+    done = finished_result(overrides) if hc.mode == RunMode.MULTIRUN else None
+    if done is not None:  # a resumed sweep: this configuration already finished under the same parent
+        return done
     try:
         module = run(cfg, overrides=overrides, launch_dir=hydra.utils.get_original_cwd(),
                      output_dir=hc.runtime.output_dir)

@@ -34,6 +34,18 @@ def _history(db: Path) -> dict[str, set]:
     return {"status": run.info.status, "tags": run.data.tags, **out}
 
 
+def _steps_logged_twice(db: Path) -> dict[str, list[int]]:
+    """Metrics of the store's single run that hold more than one value at some step: name -> those steps."""
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])[0]
+    out = {}
+    for k in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, k)]
+        if len(steps) != len(set(steps)):
+            out[k] = sorted({s for s in steps if steps.count(s) > 1})
+    return out
+
+
 def _start(cwd: Path, extra=()):
     return subprocess.Popen([sys.executable, "-m", "rlexp", "train", *ARGS, "hydra.run.dir=run", *extra], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -52,6 +64,24 @@ def _wait_for_checkpoint(proc, ckpt: Path, min_iteration: int, timeout: float = 
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.02)
     raise AssertionError("no checkpoint appeared")
+
+
+def _wait_for_steps_past_checkpoint(proc, db: Path, ckpt: Path, min_iteration: int, timeout: float = 300) -> int:
+    """Wait until the run has logged an iteration after its checkpoint (>= min_iteration); returns that step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        try:
+            k = read_rlexp_state(ckpt)["iteration"]
+            client = MlflowClient(f"sqlite:///{db}")
+            run = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])[0]
+            logged = max(m.step for m in client.get_metric_history(run.info.run_id, "train/reward_mean"))
+        except Exception:  # noqa: BLE001 - no checkpoint / store / metric yet
+            k = logged = -1
+        if k >= min_iteration and logged > k:
+            return logged
+        time.sleep(0.02)
+    raise AssertionError("the run logged no iteration past its checkpoint")
 
 
 @pytest.fixture(scope="module")
@@ -80,24 +110,28 @@ def _assert_same_metrics(got: dict, want: dict):
     keys = {k for k in want if "/" in k}
     assert keys == {k for k in got if "/" in k}
     for k in keys:
-        # a killed process may have logged iterations after its last checkpoint: they are repeated, identically
         assert got[k] == want[k], k
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_run(tmp_path, uninterrupted):
     proc = _start(tmp_path)
-    k = _wait_for_checkpoint(proc, tmp_path / "run" / "checkpoints" / "last.ckpt", 2)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    _wait_for_steps_past_checkpoint(proc, tmp_path / "mlflow.db", ckpt, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    k = read_rlexp_state(ckpt)["iteration"]
     assert proc.returncode == -signal.SIGKILL and k < STEPS
     killed = _history(tmp_path / "mlflow.db")
     assert killed["status"] == "RUNNING"  # a SIGKILLed process cannot mark its run
+    # it logged iterations after its checkpoint, which the resumed run computes again
+    assert max(s for s, _ in killed["train/reward_mean"]) > k
     _resume(tmp_path, tmp_path / "run" / "checkpoints" / "last.ckpt")
     resumed = _history(tmp_path / "mlflow.db")  # still exactly one run: the same one, continued
     assert resumed["status"] == "FINISHED" and resumed["tags"]["rlexp.resumed_from"].endswith("last.ckpt")
     _assert_same_metrics(resumed, uninterrupted)
     assert max(s for s, _ in resumed["train/reward_mean"]) == STEPS
+    assert _steps_logged_twice(tmp_path / "mlflow.db") == {}  # exactly one value per metric and step
 
 
 @pytest.mark.slow
@@ -142,6 +176,43 @@ def test_checkpoints_are_data_only_and_resume_refuses_what_it_cannot_continue(tm
     with pytest.raises(SystemExit):
         main(["train", *ARGS, "tracking=none", f"resume={tmp_path / 'missing.ckpt'}"])
     assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def _record(db: Path) -> dict:
+    """Everything of the store's single run that a resume could damage: status, tags, every metric point."""
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])[0]
+    points = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+    return {"status": run.info.status, "end": run.info.end_time, "tags": run.data.tags, "points": points}
+
+
+def test_a_finished_run_is_never_reopened_and_a_damaged_checkpoint_never_touches_mlflow(tmp_path, in_tmp, capsys,
+                                                                                         monkeypatch):
+    args = [*ARGS, "trainer.max_steps=4", "checkpoint.keep_all=true"]
+    assert main(["train", *args, "hydra.run.dir=run"]) == 0
+    db, early = in_tmp / "mlflow.db", in_tmp / "run" / "checkpoints" / "iter-000002.ckpt"
+    before = _record(db)
+    assert before["status"] == "FINISHED"
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr("rlexp.warmstart.prepare_model_dir", no_models)
+    damaged = tmp_path / "damaged.ckpt"  # one tensor's bytes overwritten (torch.load reads it without a word)
+    data = bytearray(early.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64
+    damaged.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(early.read_bytes()[: early.stat().st_size // 2])
+    run_id = read_rlexp_state(early)["mlflow_run_id"]
+    finished = f"its MLflow run {run_id} has FINISHED"
+    for ckpt, what in [(early, f"{finished} since this checkpoint was written"),
+                       (early, f"model=hf model.name_or_path={in_tmp / 'run' / 'policy'}"),
+                       (damaged, "does not match its CRC-32"), (truncated, "not a whole checkpoint")]:
+        with pytest.raises(SystemExit) as e:
+            main(["train", *args, "hydra.run.dir=again", f"resume={ckpt}"])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and f"resume={ckpt}" in err and what in err, err
+        assert _record(db) == before  # status, end time, tags and every metric point as they were
 
 
 def _run_in(d: Path, extra=()):

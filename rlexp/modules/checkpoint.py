@@ -101,15 +101,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, str]]:
+def read_checkpoint(path: str | Path, *, whole: bool = False) -> tuple[dict, dict[str, str]]:
     """``(rlexp_state, run config)`` of a checkpoint: its iteration, MLflow run id... and the flattened config
     of the run that wrote it (``{}`` if none). Read with ``weights_only=True`` and memory-mapped, so the
-    model and optimizer tensors are not read from disk."""
+    model and optimizer tensors are not loaded; ``whole=True`` first checks every byte (`verify_whole`)."""
+    if whole:
+        verify_whole(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = ckpt.get("rlexp_state")
     if not state or "iteration" not in state:
         raise ValueError(f"resume={path}: not a checkpoint of an rlexp online run (no rlexp_state)")
     return state, dict(ckpt.get("rlexp_config") or {})
+
+
+def verify_whole(path: str | Path) -> None:
+    """Every record of the checkpoint (a zip archive: the pickled structure and one record per tensor storage)
+    read back and checked against the CRC-32 written with it; ``torch.load`` does not check them, so a damaged
+    tensor would load as wrong weights. Streams the file once, in constant memory. Raises ``ValueError``
+    naming the damage."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"not a whole checkpoint (truncated, or not one written by torch): {e}") from e
+    if bad is not None:
+        raise ValueError(f"damaged: its record {bad} does not match its CRC-32 (the file was altered or "
+                         f"partly overwritten)")
 
 
 def read_rlexp_state(path: str | Path) -> dict:

@@ -59,11 +59,13 @@ class RunRecorder:
         self.history: list[dict] = []
         self.pending_samples: list[tuple[int, list[dict]]] = []
         self.last_eval: dict = {}
+        self.already_logged: dict[str, int] = {}  # resumed: metric -> last step its MLflow run already holds
 
     def _log(self, metrics: dict, step: int) -> None:
         self.history.append({"step": step, **metrics})
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=step)
+        new = {k: v for k, v in metrics.items() if step > self.already_logged.get(k, -1)}
+        if self.logger is not None and new:
+            self.logger.log_metrics(new, step=step)
 
     def run_eval(self, step: int) -> dict:
         """Greedy evaluation of ``policy_model`` on the task's held-out prompts, logged at ``step``."""
