@@ -3,6 +3,7 @@ the store's URI resolution and the environment variables that carry a sweep to i
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 #: environment variables through which a multirun's parent run reaches its jobs (set by
@@ -12,9 +13,58 @@ ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_I
 
 def experiment_id(client, name) -> str:
     """The id of experiment ``name``, created if missing (``str()``: names like ``2024`` or ``nan``
-    reach us from Hydra as numbers)."""
+    reach us from Hydra as numbers). Another process creating it at the same moment is not an error."""
     exp = client.get_experiment_by_name(str(name))
-    return exp.experiment_id if exp else client.create_experiment(str(name))
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(str(name))
+    except Exception:  # noqa: BLE001 - created meanwhile by another run (a server store): use it
+        exp = client.get_experiment_by_name(str(name))
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive ``fcntl.flock`` on ``<db>.lock`` beside a SQLite store while it is created or its
+    schema upgraded: two first runs in a fresh directory would otherwise race through MLflow's migrations
+    (``table _alembic_tmp_... already exists``) and leave a store that no later run can open. Other stores
+    (a tracking server, which migrates once at its own start) need no lock."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, experiment=None):
+    """An ``MlflowClient`` on ``uri``, the store created (or upgraded) and experiment ``experiment`` made to
+    exist under `store_lock`, so that any number of processes may do this at once on a fresh directory."""
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):
+        client = MlflowClient(uri)  # a SQLite store's tables are created and migrated here
+        if experiment is not None:
+            experiment_id(client, experiment)
+    return client
 
 
 def log_params(client, run_id: str, params: dict[str, str]) -> None:

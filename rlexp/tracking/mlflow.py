@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rlexp.tracking.common import (  # noqa: F401  (ENV_* and resolve_tracking_uri re-exported)
-    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, resolve_tracking_uri,
+    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, open_store, resolve_tracking_uri,
 )
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,8 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
     if t is None or t.get("name") == "none":
         return
     from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(resolve_tracking_uri(t, launch_dir))
+    client = open_store(resolve_tracking_uri(t, launch_dir))
     algorithm = OmegaConf.select(cfg, "algorithm.name") or "run"
     tags = {"rlexp.overrides": " ".join(overrides), "rlexp.error": error[:5000],
             "mlflow.runName": short_run_name(str(algorithm), overrides), **sweep_job_tags()}
@@ -192,6 +191,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
+        open_store(uri, experiment=t.experiment)  # created/upgraded under a file lock: concurrent first runs
         if resume_run_id is not None:
             logger = RunLogger(experiment_name=str(t.experiment), tracking_uri=uri, run_id=resume_run_id)
             client, run_id = logger.experiment, logger.run_id
