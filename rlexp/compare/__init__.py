@@ -16,11 +16,11 @@ from rlexp.compare.cli import main
 from rlexp.compare.fit import FitError, fit_points, fit_runs, fit_sigmoid, sigmoid_curve
 from rlexp.compare.report import write_report
 from rlexp.compare.runs import CompareError, RunRecord, SweepParent, load_runs
-from rlexp.compare.table import failure_summary, html_table, rich_table
+from rlexp.compare.table import failure_summary, html_table, rich_table, terminal_table
 
 __all__ = [
     "DEFAULT_METRIC", "CompareError", "ConfigStats", "FitError", "Group", "RunRecord", "SweepParent",
     "canonical", "differing_keys", "failure_summary", "fit_points", "fit_runs", "fit_sigmoid", "group_runs",
     "html_table", "load_runs", "main", "mean_ci", "metric_value", "rich_table", "sigmoid_curve", "summarize",
-    "unify_values", "write_report",
+    "terminal_table", "unify_values", "write_report",
 ]

@@ -1,14 +1,17 @@
-"""``rlexp compare``: rank configurations of a sweep or an experiment, and write the report.
+"""``rlexp compare``: rank configurations of a sweep, an experiment or chosen runs, and write the report.
 
     rlexp compare --sweep latest                       the newest sweep, table + report
     rlexp compare --sweep 20250101-120000-ab12cd       one sweep (its id or its parent run id)
     rlexp compare --experiment rlexp --by algorithm.lam --metric summary/reward_auc
     rlexp compare --sweep latest --no-report           the table only
+    rlexp compare --runs 3f2a9c...,9c1b4e...           chosen runs, from any experiment
 
 The tracking store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``. The
-report goes to ``--out`` (default ``./rlexp-report/<sweep id or experiment>``) and, for a sweep, is
-also logged on the sweep's parent run as artifacts under ``report/``. Heavy libraries (mlflow,
-scipy, matplotlib) are imported only once the arguments are parsed, so ``--help`` is instant.
+report goes to ``--out`` (default ``./rlexp-report/<sweep id, experiment, or runs-N-<first id>>``) and,
+for a sweep, is also logged on the sweep's parent run as artifacts under ``report/``. The table fits
+the terminal's width (``$COLUMNS``): it wraps, or shows one row per key, rather than cut a value.
+Heavy libraries (mlflow, scipy, matplotlib) are imported only once the arguments are parsed, so
+``--help`` is instant.
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"MLflow experiment (default {DEFAULT_EXPERIMENT!r}; with --sweep: any experiment)")
     p.add_argument("--sweep", metavar="ID|latest",
                    help="compare the jobs of one sweep: its rlexp.sweep_id, its parent run id, or 'latest'")
+    p.add_argument("--runs", metavar="ID,ID,...",
+                   help="compare exactly these runs (MLflow run ids, any experiments, no sweep needed); "
+                        "configurations are their differing params, seeds pooled as usual. Not with --sweep "
+                        "or --experiment")
     p.add_argument("--by", metavar="KEYS",
                    help="group runs by exactly these comma-separated param keys, e.g. algorithm.lam,algorithm.gamma "
                         "(default: every param except seed and tracking/display keys)")
@@ -42,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"metric to rank by: a summary metric or any metric's last value (default {DEFAULT_METRIC})")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
-    p.add_argument("--out", metavar="DIR", help="report directory (default ./rlexp-report/<sweep id or experiment>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="report directory (default ./rlexp-report/<sweep id, experiment, or runs-N-<first id>>)")
     p.add_argument("--no-report", action="store_true", help="print the table only; write and log no report")
     return p
 
@@ -71,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, summarize, unify_values
-    from rlexp.compare.runs import load_runs, log_report
-    from rlexp.compare.table import failure_summary, rich_table
+    from rlexp.compare.runs import load_runs, log_report, parse_run_ids
+    from rlexp.compare.table import failure_summary, terminal_table
 
+    run_ids = parse_run_ids(args.runs) if args.runs is not None else None
     uri = resolve_tracking_uri(args.tracking_uri)
-    runs, parent = load_runs(uri, experiment=args.experiment, sweep=args.sweep)
+    runs, parent = load_runs(uri, experiment=args.experiment, sweep=args.sweep, run_ids=run_ids)
     runs = unify_values(runs)  # lam=1 and lam=1.0 are one configuration, in the table and the report
     check_metric(runs, args.metric)
     groups = group_runs(runs, by=args.by.split(",") if args.by is not None else None)
@@ -84,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
         scope = f"sweep {parent.sweep_id}" + (f" ({parent.sweep_name})" if parent.sweep_name else "")
     elif args.sweep:
         scope = f"sweep {args.sweep}"
+    elif run_ids is not None:
+        scope = f"{len(runs)} chosen run{'s' if len(runs) != 1 else ''}"
     else:
         scope = f"experiment {args.experiment or DEFAULT_EXPERIMENT}"
     title = f"{scope} — {args.metric}"
     stats = summarize(groups, args.metric)
     console = Console()
-    console.print(rich_table(stats, differing, title=title))
+    console.print(terminal_table(stats, differing, title=title, width=console.width))
     note = failure_summary(stats)
     if note:
         print(note)
@@ -98,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
 
     from rlexp.compare.report import write_report
 
-    name = parent.sweep_id if parent is not None else (args.sweep or args.experiment or DEFAULT_EXPERIMENT)
+    if run_ids is not None:
+        name = f"runs-{len(run_ids)}-{run_ids[0][:8]}"
+    else:
+        name = parent.sweep_id if parent is not None else (args.sweep or args.experiment or DEFAULT_EXPERIMENT)
     out = Path(args.out) if args.out else Path("rlexp-report") / _safe_name(name)
     path = write_report(runs, groups, out, metric=args.metric, title=title)
     print(f"report: {path.resolve()}")

@@ -1,7 +1,7 @@
 """Loading training runs from an MLflow store for comparison.
 
 ``load_runs`` finds the runs to compare — the jobs of one sweep (by sweep id, parent run id, or
-``"latest"``) or every training run of an experiment — and returns them as ``RunRecord``s holding
+``"latest"``), every training run of an experiment, or runs chosen by id — and returns them as ``RunRecord``s holding
 params, tags, the latest value of every metric and the step histories of the metrics the report
 plots. Nothing here aggregates or plots (``aggregate.py``, ``report.py``); nothing here writes.
 
@@ -158,20 +158,62 @@ def _record(client, run, history_metrics: tuple[str, ...]) -> RunRecord:
                      metrics=dict(run.data.metrics), histories=histories)
 
 
+def parse_run_ids(text: str) -> list[str]:
+    """``"ID,ID,…"`` (``--runs``) as a list of distinct run ids, in order; CompareError when empty."""
+    ids = list(dict.fromkeys(i.strip() for i in text.split(",") if i.strip()))
+    if not ids:
+        raise CompareError(f"--runs {text!r} names no run: expected comma-separated MLflow run ids, "
+                           f"e.g. --runs 3f2a9c...,9c1b4e... (the ids the MLflow UI shows on each run's page)")
+    return ids
+
+
+def _chosen(client, tracking_uri: str, run_ids: list[str]) -> list:
+    """The runs with these ids, whatever their experiment; CompareError naming the first id that is not
+    a training run (unknown, deleted, or a sweep's parent run)."""
+    from mlflow.exceptions import MlflowException
+
+    found = []
+    for rid in run_ids:
+        try:
+            run = client.get_run(rid)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise  # the store itself failed: reported as a store error
+            named = [] if "'" in rid else _search_all(client, _experiment_ids(client, None),
+                                                      f"attributes.run_name = '{rid}'")
+            hint = (f"; {rid!r} is the name of run{'s' if len(named) > 1 else ''} "
+                    f"{', '.join(r.info.run_id for r in named[:3])}: --runs takes run ids") if named else ""
+            raise CompareError(f"--runs: no run with id {rid!r} in the tracking store {tracking_uri}{hint}") from None
+        if run.info.lifecycle_stage == "deleted":
+            raise CompareError(f"--runs: run {rid} is deleted (restore it in the MLflow UI to compare it)")
+        if run.data.tags.get("rlexp.role") == SWEEP_ROLE:
+            sweep_id = run.data.tags.get("rlexp.sweep_id", rid)
+            raise CompareError(f"--runs: run {rid} is the parent run of sweep {sweep_id!r}, not a training "
+                               f"run; compare its jobs with --sweep {sweep_id}")
+        found.append(run)
+    return found
+
+
 def load_runs(tracking_uri: str, *, experiment: str | None = None, sweep: str | None = None,
+              run_ids: list[str] | None = None,
               history_metrics: tuple[str, ...] = HISTORY_METRICS) -> tuple[list[RunRecord], SweepParent | None]:
-    """Load the runs to compare and the sweep's parent run (``None`` when comparing an experiment).
+    """Load the runs to compare and the sweep's parent run (``None`` unless comparing a sweep).
 
     ``sweep``: a sweep id (tag ``rlexp.sweep_id``), a parent run id, ``"latest"`` (the newest run tagged
     ``rlexp.role=sweep`` by start time, within ``experiment`` if given, else in any experiment), or
     ``None``: every run of ``experiment`` (default ``"rlexp"``) that is not a sweep parent.
+    ``run_ids``: exactly these runs, from any experiment (not with ``sweep`` or ``experiment``).
     Runs come back oldest first. Raises ``CompareError`` when nothing matches.
     """
     if sweep is not None and ("'" in sweep or '"' in sweep or not sweep.strip()):
         raise CompareError(f"--sweep {sweep!r} is not a sweep id: expected an id such as the "
                            f"rlexp.sweep_id tag of a sweep, a parent run id, or 'latest'")
     client = _client(tracking_uri)
-    if sweep is None:
+    if run_ids is not None:
+        if sweep is not None or experiment is not None:
+            raise CompareError("--runs chooses the runs itself: it cannot be combined with --sweep or --experiment")
+        found, parent = _chosen(client, tracking_uri, run_ids), None
+    elif sweep is None:
         name = experiment or DEFAULT_EXPERIMENT
         found = _search_all(client, _experiment_ids(client, name))
         found = [r for r in found if r.data.tags.get("rlexp.role") != SWEEP_ROLE]
