@@ -76,3 +76,13 @@ def first_operand_or_fail(prompts, completions, **kwargs):
             raise ValueError(f"cannot score {p!r}")
         out.append(int(a) / 100)
     return out
+
+
+def wrong_signature(prompts, completions):
+    """Lacks the keyword arguments every reward receives: a TypeError on every call, not a completion's fault."""
+    return [1.0 for _ in completions]
+
+
+def always_nan(prompts, completions, **kwargs):
+    """Nothing it returns is usable."""
+    return [float("nan") for _ in completions]

@@ -202,3 +202,46 @@ def test_on_reward_error_accepts_raise_or_skip_only():
     from rlexp.train import compose
     with pytest.raises(ConfigError, match="task.on_reward_error"):
         validate(compose(["task.on_reward_error=ignore"]))
+
+
+def test_a_function_failing_on_every_completion_is_not_sent_to_skip():
+    """A wrong signature fails on every completion alone too: not a per-completion failure, so the message
+    does not recommend task.on_reward_error=skip; one failing completion among others still does."""
+    from rewards_for_tests import chokes_on_a_digit, wrong_signature
+    with pytest.raises(RewardError) as e:
+        _call(wrong_signature, ["1", "2", "3"])
+    line = str(e.value)
+    assert "\n" not in line and "wrong_signature raised TypeError" in line and "on every completion" in line
+    assert "would not help" in line and "skip scores" not in line
+    with pytest.raises(RewardError, match="task.on_reward_error=skip scores such completions as missing"):
+        _call(chokes_on_a_digit, ["7", "1"])  # fails on the first only
+
+
+def test_skip_records_why_each_completion_could_not_be_scored():
+    from rewards_for_tests import wrong_signature
+    errors = []
+    n = 2
+    rows = call_reward(wrong_signature, ["p"] * n, ["1", "2"], targets=["1"] * n, completion_ids=[[3, 1]] * n,
+                       completion_tokens=[["x", "<eos>"]] * n, finished=[True] * n, on_error="skip", errors=errors)
+    assert rows == [None, None] and len(errors) == 2 and all("raised TypeError" in m for m in errors)
+
+
+@pytest.mark.parametrize("reward", ["wrong_signature", "always_nan"])
+def test_a_reward_that_never_scores_stops_the_run_under_skip(reward, mlflow_uri, in_tmp, capsys):
+    """Under skip a reward function that scores nothing would train on nothing, silently: the run stops
+    after trainer.max_unscored_steps such iterations in a row, with one line and its last error, keeping
+    what was logged; one iteration fewer than the limit and the run finishes."""
+    exp = f"unscored-{reward}"
+    base = [*FAST, f"task.reward._target_=rewards_for_tests.{reward}", "task.on_reward_error=skip",
+            f"tracking.uri={mlflow_uri}", "trainer.max_steps=3"]
+    with pytest.raises(SystemExit) as e:
+        main(["train", *base, "trainer.max_unscored_steps=2", f"tracking.experiment={exp}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith("rlexp: "), err
+    assert "no completion could be scored in 2 iterations in a row (trainer.max_unscored_steps=2)" in err[-1]
+    assert f"rewards_for_tests.{reward}" in err[-1]
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name(exp).experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/reward_errors")] == [1]
+    assert main(["train", *base, "trainer.max_unscored_steps=4", f"tracking.experiment={exp}-ok"]) == 0

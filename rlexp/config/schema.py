@@ -218,6 +218,7 @@ class TrainerConfig:
     num_samples_logged: int = spec(ge=0)
     progress_bar: bool = MISSING
     max_bad_steps: int = spec(ge=0)
+    max_unscored_steps: int = spec(ge=1)
     save_policy: bool = True
 
 

@@ -69,6 +69,7 @@ def build_online(cfg, task, model_dir: Path):
                             max_steps=cfg.trainer.max_steps,
                             eval_every=cfg.trainer.eval_every, num_samples_logged=cfg.trainer.num_samples_logged,
                             fp32_logits=m.fp32_logits, max_bad_steps=cfg.trainer.max_bad_steps,
+                            max_unscored_steps=cfg.trainer.max_unscored_steps,
                             micro_batch_size=cfg.hardware.get("micro_batch_size"))
     return module, iteration_loader(cfg.trainer.max_steps)
 

@@ -52,7 +52,8 @@ _UPDATE_KEYS = _ROW_KEYS + ("response_ids", "mask", "loss_mask", "old_logprobs",
 class OnlineRLModule(RunRecorder, L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
                  max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
-                 max_bad_steps: int = 3, micro_batch_size: int | None = None, lora_reference: bool = False):
+                 max_bad_steps: int = 3, micro_batch_size: int | None = None, lora_reference: bool = False,
+                 max_unscored_steps: int = 3):
         super().__init__()
         self.automatic_optimization = False
         self.algo, self.rollout_cfg = algo, rollout
@@ -74,6 +75,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         self.max_new_tokens = rollout.max_new_tokens or task.max_new_tokens
         self.iteration = 0
         self.max_bad_steps, self.skipped_steps = max_bad_steps, 0
+        self.max_unscored_steps, self.unscored_steps = max_unscored_steps, 0  # iterations in a row with no reward
         self.micro_batch_size = micro_batch_size  # rows per backward (gradient accumulation); None = minibatch
         self._pending_rng = None  # a resumed run's random state, applied when its first iteration starts
         self.bad_steps: dict[str, int] = {}  # consecutive non-finite steps, per optimized quantity
@@ -384,6 +386,7 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         a = self.algo
         t0 = time.perf_counter()
         batch, draws, signal_frac = self.collect_rollout()
+        self._check_scored(batch)
         t_rollout = time.perf_counter() - t0
         t_gen = t_rollout - batch.reward_seconds  # generation only; scoring is perf/reward_seconds
         exp = self.make_experience(batch)
@@ -424,6 +427,17 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         if done % self.eval_every == 0 or done == self.max_steps:
             ev = self.run_eval(done)
             self.log("eval", ev["eval/reward_mean"], prog_bar=True, logger=False)
+
+    def _check_scored(self, batch) -> None:
+        """Stop the run once ``max_unscored_steps`` iterations in a row had no completion the reward function
+        could score on any worker (``task.on_reward_error=skip`` would otherwise train on nothing, silently)."""
+        scored = self.all_sum(batch.valid_rows().sum().reshape(1).float())
+        self.unscored_steps = self.unscored_steps + 1 if scored.item() == 0 else 0
+        if self.unscored_steps >= self.max_unscored_steps:
+            from rlexp.tasks.base import RewardError
+            last = batch.reward_errors[-1] if batch.reward_errors else "it returned no usable value"
+            raise RewardError(f"no completion could be scored in {self.unscored_steps} iterations in a row "
+                              f"(trainer.max_unscored_steps={self.max_unscored_steps}); last error: {last}")
 
     def _iteration_metrics(self, batch, exp, acc) -> dict[str, float]:
         mask = exp["mask"]

@@ -37,6 +37,8 @@ class RolloutBatch:
     task_scores: torch.Tensor | None = None
     #: seconds the reward function took to score the batch (the rest of a rollout's time is generation)
     reward_seconds: float = 0.0
+    #: why each unscorable completion could not be scored (one line each; task.on_reward_error=skip)
+    reward_errors: list[str] = field(default_factory=list)
 
     def verdicts(self) -> torch.Tensor:
         """``[B]`` the task's scores before shaping (``scores`` when nothing was shaped)."""
@@ -65,7 +67,7 @@ class RolloutBatch:
                             self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
                             pick(self.completions), pick(self.targets), pick(self.prompt_index),
                             self.failed_rows()[idx], opt(self.rollout_logprobs), opt(self.task_scores),
-                            self.reward_seconds)
+                            self.reward_seconds, self.reward_errors)
 
     @staticmethod
     def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -93,7 +95,8 @@ class RolloutBatch:
             [t for b in batches for t in b.targets], [i for b in batches for i in b.prompt_index],
             torch.cat([b.failed_rows() for b in batches]),
             torch.cat([right(b.rollout_logprobs, T, 0.0) for b in batches]) if has_logprobs else None,
-            torch.cat([b.verdicts() for b in batches]), sum(b.reward_seconds for b in batches))
+            torch.cat([b.verdicts() for b in batches]), sum(b.reward_seconds for b in batches),
+            [e for b in batches for e in b.reward_errors])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

@@ -122,14 +122,15 @@ def decode_completions(tokenizer, response_ids, mask, finished):
     return ids, texts, tokens
 
 
-def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished, *, with_failed: bool = False):
+def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished, *, with_failed: bool = False,
+          errors: list[str] | None = None):
     """Task rewards as ``(token_rewards [B, T], scores [B], completions)``, plus ``failed [B]`` with
     ``with_failed``: completions the reward function could not score (``task.on_reward_error=skip``),
     rewarded 0 here and left out of the loss by the caller."""
     ids, texts, tokens = decode_completions(tokenizer, response_ids, mask, finished)
     rows = call_reward(task.reward, [e.prompt for e in examples], texts, targets=[e.target for e in examples],
                        completion_ids=ids, completion_tokens=tokens, finished=finished.tolist(),
-                       on_error=getattr(task, "on_reward_error", "raise"))
+                       on_error=getattr(task, "on_reward_error", "raise"), errors=errors)
     token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
     for i, row in enumerate(rows):
         if row is not None:
@@ -149,12 +150,13 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_p=top_p, chat_template=task.chat_template, return_logprobs=True)
-    t0 = time.perf_counter()
-    token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True)
+    t0, errors = time.perf_counter(), []
+    token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True,
+                                                 errors=errors)
     reward_seconds = time.perf_counter() - t0
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
                         reward_failed=failed, rollout_logprobs=rollout_logprobs, task_scores=scores.clone(),
-                        reward_seconds=reward_seconds,
+                        reward_seconds=reward_seconds, reward_errors=errors,
                         prompt_index=[i for i in (prompt_index or [-1] * len(examples))
                                       for _ in range(num_generations)])

@@ -126,7 +126,8 @@ def _row_rewards(r, ids, i, completions, name) -> list[float]:
 
 def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, targets: list[str],
                 completion_ids: list[list[int]], completion_tokens: list[list[str]],
-                finished: list[bool], on_error: str = "raise") -> list[list[float] | None]:
+                finished: list[bool], on_error: str = "raise",
+                errors: list[str] | None = None) -> list[list[float] | None]:
     """Call ``fn`` and return per-token rewards, one list per completion (sequence scores go last).
 
     When ``fn`` raises, it is called again on each completion alone to find the one at fault, and the
@@ -134,25 +135,33 @@ def call_reward(fn: Callable, prompts: list[str], completions: list[str], *, tar
     (and those with a non-finite or unusable reward: a string, None, a dict...) as missing: ``None`` in
     their place. When it raises on the whole batch but on no completion alone, ``skip`` uses the scores
     of each alone. A result that is not one value per completion is an error in either mode.
+    ``errors``: a list that receives the one-line reason of each completion scored as missing.
     """
     name = _fn_name(fn)
     kw = dict(targets=targets, completion_ids=completion_ids, completion_tokens=completion_tokens, finished=finished)
     try:
         out = fn(prompts, completions, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised with the function and the completion named
-        out = _one_by_one(fn, name, e, prompts, completions, kw, on_error)
+        out = _one_by_one(fn, name, e, prompts, completions, kw, on_error, errors)
     out = _values(out, len(completions), name)
     token_rewards: list[list[float] | None] = []
     for i, (r, ids) in enumerate(zip(out, completion_ids)):
+        if r is _RAISED:  # skip: it raised on this completion alone (the reason is in ``errors`` already)
+            token_rewards.append(None)
+            continue
         if r is None and on_error == "skip":
             token_rewards.append(None)
+            if errors is not None:
+                errors.append(f"reward function {name} returned None for completion {i} {completions[i]!r}")
             continue
         try:
             token_rewards.append(_row_rewards(r, ids, i, completions, name))
-        except RewardError:
+        except RewardError as e:
             if on_error != "skip":
                 raise
             token_rewards.append(None)
+            if errors is not None:
+                errors.append(str(e))
     return token_rewards
 
 
@@ -162,11 +171,17 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
-    """``fn`` on each completion alone: its values, ``None`` where it raises (``skip``); with ``raise``,
+#: `_one_by_one`'s value for a completion that it raised on alone (under skip)
+_RAISED = object()
+
+
+def _one_by_one(fn, name, error, prompts, completions, kw, on_error, errors=None):
+    """``fn`` on each completion alone: its values, ``_RAISED`` where it raises (``skip``); with ``raise``,
     a RewardError naming the first completion it raises on. When it raises on none of them alone, the
     batch call's failure is the function's own (a batching bug, or a flaky verifier): ``skip`` keeps
-    the values of each alone (all scorable), ``raise`` names the function and says so."""
+    the values of each alone (all scorable), ``raise`` names the function and says so. When it raises on
+    every completion alone too, the failure is not a completion's (a wrong signature, a bug): ``raise``
+    says so rather than suggesting ``skip``."""
     out, raised = [], 0
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in kw.items()}
@@ -174,12 +189,18 @@ def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
             got = fn([prompts[i]], [completions[i]], **one)
         except Exception as e:  # noqa: BLE001
             if on_error == "skip":
-                out.append(None)
+                out.append(_RAISED)
                 raised += 1
+                if errors is not None:
+                    errors.append(f"reward function {name} raised {_one_line(e)} on completion {i} {completions[i]!r}")
                 continue
-            raise RewardError(f"reward function {name} raised {_one_line(e)} on completion {i} "
-                              f"{completions[i]!r} (prompt {prompts[i]!r}); task.on_reward_error=skip scores "
-                              f"such completions as missing instead") from e
+            if i > 0 or len(completions) < 2 or not _raises_on_every_other(fn, prompts, completions, kw, i):
+                raise RewardError(f"reward function {name} raised {_one_line(e)} on completion {i} "
+                                  f"{completions[i]!r} (prompt {prompts[i]!r}); task.on_reward_error=skip scores "
+                                  f"such completions as missing instead") from e
+            raise RewardError(f"reward function {name} raised {_one_line(e)} on every completion, alone as in a "
+                              f"batch: not a failure of some completions (check its signature, documented in "
+                              f"rlexp/tasks/base.py, and its code); task.on_reward_error=skip would not help") from e
         out.append(_values(got, 1, name, f"for completion {i} alone")[0])  # an error in either mode, as in a batch
     if raised:
         return out
@@ -192,6 +213,18 @@ def _one_by_one(fn, name, error, prompts, completions, kw, on_error):
         _warned_batch.add(name)
         log.warning("%s: using the scores of each alone (warned once)", whole)
     return out
+
+
+def _raises_on_every_other(fn, prompts, completions, kw, first: int) -> bool:
+    """Whether ``fn`` raises on each completion after ``first`` alone too (the first to fail, so together:
+    on every completion when ``first`` is 0)."""
+    for i in range(first + 1, len(completions)):
+        try:
+            fn([prompts[i]], [completions[i]], **{k: [v[i]] for k, v in kw.items()})
+        except Exception:  # noqa: BLE001
+            continue
+        return False
+    return True
 
 
 #: reward functions already warned about failing on whole batches only (one warning per process)
