@@ -36,8 +36,10 @@ def test_every_algorithm_trains_through_the_cli(algorithm, mlflow_uri, in_tmp):
     m = run_.data.metrics
     for name in ("train/reward_mean", "train/reward_std", "train/policy_loss", "train/clipfrac_low",
                  "train/clipfrac_high", "train/is_ratio_mean", "train/gen_batches_drawn", "train/prompt_pool_size",
-                 "eval/reward_mean"):
+                 "eval/reward_mean", "train/rollout_mismatch_kl", "train/rollout_logprob_absdiff_max",
+                 "perf/reward_seconds"):
         assert name in m, name
+    assert 0 <= m["train/rollout_mismatch_kl"] < 1e-4, m["train/rollout_mismatch_kl"]  # the trainer scores what was sampled
     has_critic = core.ADVANTAGE_ESTIMATORS.get(compose([f"algorithm={algorithm}"]).algorithm.advantage).needs_critic
     assert ("train/value_loss" in m) == has_critic
     if algorithm != "ppo":
