@@ -82,7 +82,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         log.warning("%s has no effect in this run: %s", key, why)
     ckpt_path, resume_state = _resume_point(cfg, launch_dir)
     logger = make_logger(cfg, launch_dir=launch_dir, overrides=overrides or [],
-                         resume_run_id=(resume_state or {}).get("mlflow_run_id"), resumed_from=ckpt_path)
+                         resume_run_id=(resume_state or {}).get("mlflow_run_id"), resumed_from=ckpt_path,
+                         output_dir=output_dir)
     if logger is not None and dead:
         logger.experiment.set_tag(logger.run_id, "rlexp.dead_knobs", ", ".join(sorted(dead)))
     trainer = ckpt_cb = None

@@ -24,6 +24,8 @@ from rlexp.tracking.common import (  # noqa: F401  (ENV_* and resolve_tracking_u
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000
+#: the tag holding the run's output directory (``hydra.run.dir``: its policy/, checkpoints/, .hydra/)
+OUTPUT_DIR_TAG = "rlexp.output_dir"
 
 
 class TrackingError(RuntimeError):
@@ -172,10 +174,12 @@ def launch_rank() -> int:
 
 
 def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str], resume_run_id: str | None = None,
-                resumed_from=None) -> MLFlowLogger | None:
-    """Create the MLflow run now (so a later crash is recorded) and log params and tags. With
-    ``resume_run_id`` (``resume=``), continue that run instead: back to RUNNING, its params kept (MLflow
-    params cannot change), tagged ``rlexp.resumed_from``; metrics go on at the next step."""
+                resumed_from=None, output_dir: str | Path | None = None) -> MLFlowLogger | None:
+    """Create the MLflow run now (so a later crash is recorded) and log params and tags; ``output_dir`` (the
+    run's own directory: policy, checkpoints) is the tag ``rlexp.output_dir``. With ``resume_run_id``
+    (``resume=``), continue that run instead: back to RUNNING, its params kept (MLflow params cannot change),
+    tagged ``rlexp.resumed_from`` and ``rlexp.output_dir`` (now the resumed run's directory); metrics go on at
+    the next step."""
     t = cfg.tracking
     if t.name == "none" or launch_rank() != 0:  # distributed: only the first worker talks to MLflow
         return None
@@ -187,6 +191,8 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    if output_dir is not None:
+        tags[OUTPUT_DIR_TAG] = str(Path(output_dir).resolve())
     tags.update(sweep_job_tags())
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -198,6 +204,8 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
             client.get_run(run_id)  # a run id this store does not know: refused here, named
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "rlexp.resumed_from", str(resumed_from))
+            if OUTPUT_DIR_TAG in tags:
+                client.set_tag(run_id, OUTPUT_DIR_TAG, tags[OUTPUT_DIR_TAG])
         else:
             logger = RunLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
                                tags=tags)
