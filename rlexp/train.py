@@ -126,7 +126,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         trainer.fit(module, train_dataloaders=train_loader, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)  # a checkpoint is data: no pickled code runs when it is read
         last_step = max((h["step"] for h in module.history), default=cfg.trainer.max_steps)
-        log_summary(logger, module.history, last_step, time.perf_counter() - t_fit)
+        wall = time.perf_counter() - t_fit + (ckpt_cb.wall_before if ckpt_cb is not None else 0.0)  # resumed: all of it
+        log_summary(logger, module.history, last_step, wall)
         _save_policy(cfg, module, trainer, logger, output_dir)
     except BaseException as e:
         # Ctrl-C: Lightning turns the KeyboardInterrupt into SystemExit(1) after its graceful shutdown
@@ -251,11 +252,11 @@ def _save_policy(cfg, module, trainer, logger, output_dir: str | None) -> None:
 
 
 def _report(module, logger) -> None:
-    first = next((h for h in module.history if "eval/reward_mean" in h), {})
+    first = next((h for h in module.history if "eval/reward_mean" in h), {})  # resumed: restored from the checkpoint
     last = module.last_eval
-    log.info("eval/reward_mean %.3f (step 0, warm start) -> %.3f (step %s)",
-             first.get("eval/reward_mean", float("nan")), last.get("eval/reward_mean", float("nan")),
-             last.get("step"))
+    start = "step 0, warm start" if first.get("step") == 0 else f"step {first.get('step')}"
+    log.info("eval/reward_mean %.3f (%s) -> %.3f (step %s)", first.get("eval/reward_mean", float("nan")), start,
+             last.get("eval/reward_mean", float("nan")), last.get("step"))
     if logger is not None:
         log.info("MLflow run %s in experiment %r at %s  (browse: mlflow ui --backend-store-uri %s)",
                  logger.run_id, logger._experiment_name, logger._tracking_uri, logger._tracking_uri)

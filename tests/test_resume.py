@@ -31,7 +31,22 @@ def _history(db: Path) -> dict[str, set]:
     run = runs[0]
     out = {k: {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)}
            for k in run.data.metrics if k.startswith(("train/", "eval/"))}
-    return {"status": run.info.status, "tags": run.data.tags, **out}
+    summary = {k: v for k, v in run.data.metrics.items() if k.startswith("summary/")}
+    return {"status": run.info.status, "tags": run.data.tags, "summary": summary, **out}
+
+
+def _final_line(run_dir: Path) -> str:
+    """The run's last report of its evaluation curve (``eval/reward_mean A (step 0, ...) -> B (step N)``)."""
+    lines = [ln.split("] - ", 1)[1] for f in run_dir.glob("*.log") for ln in f.read_text().splitlines()
+             if "] - eval/reward_mean " in ln]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _points(db: Path, key: str) -> list[tuple[int, float]]:
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])[0]
+    return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
 
 
 def _steps_logged_twice(db: Path) -> dict[str, list[int]]:
@@ -94,7 +109,7 @@ def uninterrupted(tmp_path_factory):
         assert main(["train", *ARGS, "hydra.run.dir=run"]) == 0
     finally:
         os.chdir(old)
-    return _history(d / "mlflow.db")
+    return {**_history(d / "mlflow.db"), "final_line": _final_line(d / "run")}
 
 
 def _resume(cwd: Path, ckpt: Path):
@@ -132,6 +147,13 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_run(tmp_path, unint
     _assert_same_metrics(resumed, uninterrupted)
     assert max(s for s, _ in resumed["train/reward_mean"]) == STEPS
     assert _steps_logged_twice(tmp_path / "mlflow.db") == {}  # exactly one value per metric and step
+    # the summaries are those of the whole run, the evaluations before the kill included
+    got, want = resumed["summary"], uninterrupted["summary"]
+    assert {k: got[k] for k in want if k != "summary/wall_seconds"} == \
+        {k: want[k] for k in want if k != "summary/wall_seconds"} and set(got) == set(want)
+    # and its wall time covers every iteration's, those before the kill too
+    assert got["summary/wall_seconds"] >= max(v for s, v in _points(tmp_path / "mlflow.db", "perf/total_seconds"))
+    assert _final_line(tmp_path / "run2") == uninterrupted["final_line"]  # step 0 (warm start) -> step 8
 
 
 @pytest.mark.slow

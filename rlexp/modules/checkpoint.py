@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -31,6 +32,8 @@ class IterationCheckpoint(L.Callback):
         self.last_path: Path | None = None
         self._interrupt_requested = False
         self._previous_handler = None
+        # wall seconds of training before this process (the checkpoints it continues), and this process's start
+        self.wall_before, self._t0 = 0.0, None
 
     # ------------------------------------------------------------------ Ctrl-C at an iteration boundary
     def _on_sigint(self, signum, frame):
@@ -41,6 +44,7 @@ class IterationCheckpoint(L.Callback):
         log.warning("Ctrl-C: stopping after this iteration, with a checkpoint (press again to stop now)")
 
     def on_train_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -58,6 +62,10 @@ class IterationCheckpoint(L.Callback):
     # ------------------------------------------------------------------ saving
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["rlexp_config"] = dict(self.config)
+        checkpoint["rlexp_wall_seconds"] = self.wall_before + time.perf_counter() - (self._t0 or time.perf_counter())
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.wall_before = float(checkpoint.get("rlexp_wall_seconds", 0.0))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         done = pl_module.iteration + 1

@@ -491,7 +491,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         checkpoint["rlexp_state"] = {
             "iteration": self.iteration + 1, "max_steps": self.max_steps, "pool": self.pool.state_dict(), "total_tokens": self.total_tokens,
             "total_seconds": self.total_seconds, "skipped_steps": self.skipped_steps, "bad_steps": dict(self.bad_steps),
-            "rng": rng_state(), "mlflow_run_id": getattr(logger, "run_id", None) if logger is not None else None}
+            "rng": rng_state(), "mlflow_run_id": getattr(logger, "run_id", None) if logger is not None else None,
+            "evals": [dict(h) for h in self.history if "eval/reward_mean" in h]}  # the summaries need them all
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("rlexp_state")
@@ -505,6 +506,8 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
             self.iteration = state.get("iteration", 0)  # the next iteration to run (no initial evaluation)
             self.skipped_steps = state.get("skipped_steps", 0)
             self.bad_steps = dict(state.get("bad_steps", {}))
+            self.history = [dict(h) for h in state.get("evals", [])]  # the evaluations before the checkpoint
+            self.last_eval = dict(self.history[-1]) if self.history else {}
             # applied when the next iteration starts: Lightning draws from the global generator between
             # restoring and training (e.g. the dataloader iterator's base seed)
             self._pending_rng = state.get("rng")

@@ -133,7 +133,9 @@ class RunLogger(MLFlowLogger):
 
 def log_summary(logger: MLFlowLogger | None, history: list[dict], max_steps: int, wall_seconds: float) -> dict:
     """Summary metrics of a finished run, for the MLflow compare view and parallel coordinates:
-    the final eval/reward_mean, the area under its curve per iteration, and the wall time."""
+    the final eval/reward_mean, the area under its curve per iteration, and the wall time. A resumed run's
+    ``history`` holds the evaluations before its checkpoint too, and ``wall_seconds`` the training time of
+    the processes it continues, so its summaries are those of the run as a whole."""
     evals = [(h["step"], h["eval/reward_mean"]) for h in history if "eval/reward_mean" in h]
     summary = {"summary/wall_seconds": wall_seconds}
     if evals:
