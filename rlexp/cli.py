@@ -21,7 +21,8 @@ commands:
                            rlexp train -m algorithm.lam=0,0.5,0.95      (a multirun: a parent MLflow run)
                          `rlexp train --help` lists the config groups; `--cfg job` prints the config.
   sweep NAME [overrides] run sweeps/NAME.yaml, e.g. `rlexp sweep ppo_gae trainer.max_steps=20`;
-                         `rlexp sweep --list` lists the sweeps.
+                         `rlexp sweep --list` lists the sweeps. `--resume SWEEP_ID` (also after
+                         `train -m`) runs what an interrupted sweep did not finish, under its parent.
   compare [options]      compare runs: `rlexp compare --sweep latest` (see `rlexp compare --help`)
   ui [--port N]          the MLflow UI on this directory's store (bound to 127.0.0.1)
 
@@ -34,6 +35,7 @@ def _hydra(args: list[str]) -> int:
 
     import importlib.util
 
+    args = _sweep_resume(args)
     problem = _composition_error(args)
     if problem:  # Hydra would print a multi-line report and exit 1: one line, exit 2, like other config errors
         print(f"rlexp: config error: {problem}", file=sys.stderr)
@@ -50,11 +52,45 @@ def _hydra(args: list[str]) -> int:
         __main__.__spec__ = importlib.util.find_spec("rlexp._launch.rlexp_train")
     try:
         hydra_main()
+    except BaseException as e:  # a multirun stopped early (Ctrl-C, SIGTERM, a typo in a swept key): close its parent
+        from rlexp.tracking.sweep import close_interrupted
+
+        code = close_interrupted(e)
+        if code is None:
+            raise
+        sys.exit(code)
     finally:
         sys.argv = saved
         if saved_spec is not None:
             __main__.__spec__ = saved_spec
     return 0
+
+
+def _sweep_resume(args: list[str]) -> list[str]:
+    """``--resume SWEEP_ID`` (a multirun's sweep id or parent run id) as the Hydra override that sets it on
+    the sweep callback: the sweep continues under the same parent, running only what has not finished."""
+    out, i, sweep_id = [], 0, None
+    while i < len(args):
+        if args[i] == "--resume" or args[i].startswith("--resume="):
+            sweep_id = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in args[i] else 2
+            continue
+        out.append(args[i])
+        i += 1
+    if sweep_id is None:
+        return args
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", sweep_id):
+        print(f"rlexp: config error: --resume {sweep_id!r}: expected a sweep id (rlexp.sweep_id, as printed when "
+              f"the sweep started) or its parent run id", file=sys.stderr)
+        sys.exit(2)
+    if not ({"-m", "--multirun"} & set(out) or any(a.lstrip("+").startswith("sweeps=") for a in out)):
+        print("rlexp: config error: --resume SWEEP_ID resumes a sweep (`rlexp sweep NAME ... --resume ID`, "
+              "`rlexp train -m ... --resume ID`); a single run resumes from its checkpoint with resume=PATH|auto",
+              file=sys.stderr)
+        sys.exit(2)
+    return [*out, f"hydra.callbacks.mlflow_sweep.resume='{sweep_id}'"]
 
 
 def _composition_error(args: list[str]) -> str | None:

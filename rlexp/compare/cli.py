@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
     note = failure_summary(stats)
     if note:
         print(note)
+    if parent is not None:  # the sweep's planned configurations that have no finished run (rlexp.tracking.sweep)
+        from rlexp.tracking.sweep import print_unfinished
+
+        print_unfinished(uri, parent.run_id)
     if args.no_report:
         return 0
 
