@@ -105,13 +105,16 @@ def test_old_reference_logprobs_and_entropies_score_softmax_of_logits_over_t():
     assert module._mismatch_metrics(batch, module.make_experience(batch))["train/rollout_mismatch_kl"] > 1e-3
 
 
-def test_grpo_at_temperature_0_7_logs_no_mismatch_at_any_step(mlflow_uri, in_tmp):
+@pytest.mark.parametrize("minibatch", [4, 8], ids=["two-pass", "single-pass"])
+def test_grpo_at_temperature_0_7_logs_no_mismatch_at_any_step(minibatch, mlflow_uri, in_tmp):
     """``rlexp train algorithm=grpo rollout.temperature=0.7``: the sampler/trainer mismatch is numerical
-    noise at every step (fp32, tiny model), and recorded in MLflow."""
-    assert main(["train", *FAST, *GROUPS, "rollout.temperature=0.7", "trainer.max_steps=3",
-                 f"tracking.uri={mlflow_uri}", "tracking.experiment=mismatch"]) == 0
+    noise at every step (fp32, tiny model), and recorded in MLflow; with a separate scoring pass and with
+    the single pass (the old log-probs taken from the update's own forward)."""
+    exp = f"mismatch-{minibatch}"
+    assert main(["train", *FAST, *GROUPS, f"algorithm.minibatch_size={minibatch}", "rollout.temperature=0.7",
+                 "trainer.max_steps=3", f"tracking.uri={mlflow_uri}", f"tracking.experiment={exp}"]) == 0
     client = MlflowClient(mlflow_uri)
-    run_ = client.search_runs([client.get_experiment_by_name("mismatch").experiment_id])[0]
+    run_ = client.search_runs([client.get_experiment_by_name(exp).experiment_id])[0]
     kl = client.get_metric_history(run_.info.run_id, "train/rollout_mismatch_kl")
     diff = client.get_metric_history(run_.info.run_id, "train/rollout_logprob_absdiff_max")
     assert sorted(m.step for m in kl) == [1, 2, 3] and len(diff) == 3
