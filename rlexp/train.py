@@ -265,11 +265,12 @@ def _report(module, logger) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: reported in one line, without a traceback."""
     from rlexp.models import ModelLoadError
+    from rlexp.modules.checkpoint import CheckpointError
     from rlexp.modules.preference_data import DatasetError
     from rlexp.tasks import RewardError
     from rlexp.tracking import TrackingError
 
-    return ConfigError, DatasetError, ModelLoadError, RewardError, TrackingError
+    return CheckpointError, ConfigError, DatasetError, ModelLoadError, RewardError, TrackingError
 
 
 def _failed_job(cfg: DictConfig, overrides: list[str], error: Exception) -> float:

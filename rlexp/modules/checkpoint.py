@@ -24,6 +24,10 @@ import torch
 log = logging.getLogger("rlexp")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a quota, a file-size limit, a read-only directory)."""
+
+
 class IterationCheckpoint(L.Callback):
     def __init__(self, dirpath: str | Path, every_n_steps: int, max_steps: int, keep_all: bool = False,
                  config: dict[str, str] | None = None):
@@ -78,18 +82,45 @@ class IterationCheckpoint(L.Callback):
             raise KeyboardInterrupt
 
     def save(self, trainer, done: int) -> Path:
+        """Write ``<dir>/last.ckpt`` (via ``.last.ckpt.tmp``). A write that fails (a full disk, a quota, a
+        file-size limit) leaves no partial file behind and stops the run with a `CheckpointError`."""
         final = self.dirpath / "last.ckpt"
         tmp = self.dirpath / ".last.ckpt.tmp"
-        if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp, weights_only=False)  # every worker takes part (sharded strategies); the first one writes
-        if trainer.is_global_zero:
-            os.replace(tmp, final)
-            if self.keep_all:
-                shutil.copyfile(final, self.dirpath / f"iter-{done:06d}.ckpt")
+        kept = self.dirpath / f"iter-{done:06d}.ckpt"
+        error = None
+        try:
+            if trainer.is_global_zero:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp, weights_only=False)  # every worker takes part (sharded strategies); the first one writes
+            if trainer.is_global_zero:
+                os.replace(tmp, final)
+                if self.keep_all:
+                    shutil.copyfile(final, kept)
+        except BaseException as e:
+            if trainer.is_global_zero:  # a partial file would keep the disk full; the previous last.ckpt stays
+                for partial in (tmp, kept) if self.keep_all else (tmp,):
+                    partial.unlink(missing_ok=True)
+            if not isinstance(e, OSError):
+                raise
+            error = e
+        if trainer.strategy.reduce_boolean_decision(error is not None, all=False):  # any worker failed: all stop
+            raise CheckpointError(self._write_failed(done, error)) from error
         trainer.strategy.barrier()
         self.last_path = final
         return final
+
+    def _write_failed(self, done: int, error: OSError | None) -> str:
+        import errno
+        import tempfile
+
+        if error is None:
+            return f"checkpoint.dir={self.dirpath}: another worker could not write the checkpoint of iteration {done}"
+        why = (str(error).splitlines() or [""])[0][:300]
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = ("free space there (and in the temporary directory " + tempfile.gettempdir() + ", where it is staged) "
+               "or set checkpoint.dir to a disk with room") if full else "make it writable or set checkpoint.dir elsewhere"
+        return (f"checkpoint.dir={self.dirpath}: cannot write the checkpoint of iteration {done} "
+                f"({type(error).__name__}: {why}); {fix}. No partial file was left; what the run recorded is kept")
 
 
 def rng_state() -> dict:
