@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -87,6 +89,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     if logger is not None and dead:
         logger.experiment.set_tag(logger.run_id, "rlexp.dead_knobs", ", ".join(sorted(dead)))
     trainer = ckpt_cb = None
+    stops = _StopSignals()  # Ctrl-C / SIGTERM outside the training loop: recorded, the run marked KILLED
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         task = _instantiate_task(cfg)
@@ -130,12 +133,23 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
         log_summary(logger, module.history, last_step, wall)
         _save_policy(cfg, module, trainer, logger, output_dir)
     except BaseException as e:
+        signum = (ckpt_cb.stop_signal if ckpt_cb is not None else None) or stops.received
         # Ctrl-C: Lightning turns the KeyboardInterrupt into SystemExit(1) after its graceful shutdown
-        killed = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and trainer is not None
-                                                       and trainer.interrupted)
-        mark_error(logger, KeyboardInterrupt("interrupted (Ctrl-C)") if killed else e)
+        killed = signum is not None or isinstance(e, KeyboardInterrupt) or (
+            isinstance(e, SystemExit) and trainer is not None and trainer.interrupted)
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        mark_error(logger, KeyboardInterrupt(f"interrupted ({name})") if killed else e)
         mark_run_status(logger, "KILLED" if killed else "FAILED")
-        raise
+        if not killed:
+            raise
+        if ckpt_cb is None or ckpt_cb.stopped_after is None:  # not stopped at an iteration boundary: say so here
+            last = (ckpt_cb.last_path if ckpt_cb is not None else None) or ckpt_path
+            log.warning("Interrupted (%s) %s; the MLflow run is marked KILLED; %s", name,
+                        "before training started" if trainer is None else "during the run, not at an iteration boundary",
+                        f"continue with resume={last}" if last else "nothing to resume: start the run again")
+        raise SystemExit(128 + signal.SIGTERM if signum == signal.SIGTERM else 1) from e  # 143: killed by SIGTERM
+    finally:
+        stops.restore()
     unlogged = getattr(logger, "unlogged", None)
     if unlogged:  # the work is done and saved; the record of it is not complete: say what is missing
         from rlexp.tracking import TrackingError
@@ -146,6 +160,28 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     mark_run_status(logger, "FINISHED")
     _report(module, logger)
     return module
+
+
+class _StopSignals:
+    """Ctrl-C (SIGINT) or SIGTERM outside the training loop (building the warm start and the models, saving
+    the policy) stops the run at once, as a ``KeyboardInterrupt``, and is recorded in ``received``. The
+    training loop has its own handlers, which stop at an iteration boundary (`IterationCheckpoint`)."""
+
+    def __init__(self):
+        from rlexp.modules.checkpoint import STOP_SIGNALS
+        self.received: int | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    def _on_signal(self, signum, frame):
+        self.received = self.received or signum
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 def _instantiate_task(cfg):

@@ -1,5 +1,13 @@
-"""Faults: a NaN/Inf loss is not applied; persistent NaN stops the run, FAILED, with what it logged kept."""
+"""Faults: a NaN/Inf loss is not applied; persistent NaN stops the run, FAILED, with what it logged kept;
+Ctrl-C or SIGTERM before training starts ends the run KILLED, in one line."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -80,3 +88,37 @@ def test_an_unreachable_store_is_refused_before_any_model_is_built(tmp_path, in_
     err = capsys.readouterr().err
     assert "rlexp: error: tracking store sqlite:///" in err and "is not usable" in err
     assert not list(tmp_path.glob("**/warmstart"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status, name", [(signal.SIGINT, 1, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_while_the_warm_start_is_built_ends_the_run_killed_in_one_line(tmp_path, sig, status, name):
+    """A real process, a real signal while it builds its warm start (an empty cache: a long build)."""
+    env = {**os.environ, "RLEXP_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlexp", "train", *FAST, "model.warmstart.max_steps=5000",
+                             "model.warmstart.eval_every=5000", "hydra.run.dir=run"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not any("Building the warm start" in ln for ln in lines):
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.05)
+    time.sleep(2)  # into the warm start's SFT (a Lightning fit of its own)
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == status, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    said = [ln for ln in out.splitlines() if f"Interrupted ({name}) before training started" in ln]
+    assert len(said) == 1 and "the MLflow run is marked KILLED; nothing to resume: start the run again" in said[0], out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run_,) = client.search_runs([client.get_experiment_by_name("rlexp").experiment_id])
+    assert run_.info.status == "KILLED"
+    assert run_.data.tags["rlexp.error"] == f"KeyboardInterrupt: interrupted ({name})"

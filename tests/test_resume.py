@@ -157,17 +157,21 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_run(tmp_path, unint
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tmp_path, uninterrupted):
+@pytest.mark.parametrize("sig, status, name", [(signal.SIGINT, 1, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_ends_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tmp_path, uninterrupted, sig, status,
+                                                                             name):
+    """Ctrl-C, and SIGTERM (SLURM, `docker stop`, `timeout`) alike; SIGTERM's exit status is 128 + 15."""
     proc = _start(tmp_path)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     _wait_for_checkpoint(proc, ckpt, 2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 1, out[-3000:]
-    assert "stopping after this iteration" in out and "continue with resume=" in out
+    assert proc.returncode == status, out[-3000:]
+    assert f"{name}: stopping after this iteration" in out and "continue with resume=" in out
     k = read_rlexp_state(ckpt)["iteration"]
     stopped = _history(tmp_path / "mlflow.db")
     assert stopped["status"] == "KILLED" and 2 <= k < STEPS
+    assert stopped["tags"]["rlexp.error"] == f"KeyboardInterrupt: interrupted ({name})"
     # the checkpoint is the state after iteration k, which the run logged last
     assert max(s for s, _ in stopped["train/reward_mean"]) == k
     _resume(tmp_path, ckpt)

@@ -5,8 +5,9 @@ loop state, plus the module's ``rlexp_state``: iteration, prompt pool, RNG state
 ``<dir>/last.ckpt`` every ``every_n_steps`` iterations and after the last one. A checkpoint is written to
 a temporary file and renamed, so a kill mid-write leaves the previous one intact.
 
-Ctrl-C (SIGINT) does not stop an iteration halfway: the first one is noted and the run stops at the end
-of the current iteration, after writing a checkpoint; a second Ctrl-C stops at once.
+Ctrl-C (SIGINT) and SIGTERM (what SLURM, ``docker stop`` and ``timeout`` send) do not stop an iteration
+halfway: the first one is noted and the run stops at the end of the current iteration, after writing a
+checkpoint; a second one stops at once. ``stop_signal`` records which signal stopped the run.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import lightning as L
 import torch
 
 log = logging.getLogger("rlexp")
+#: the signals that stop a run at the end of its current iteration, with a checkpoint
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class CheckpointError(RuntimeError):
@@ -35,27 +38,34 @@ class IterationCheckpoint(L.Callback):
         self.config = config or {}  # the run's flattened config, saved so that a resume can be checked against it
         self.last_path: Path | None = None
         self._interrupt_requested = False
-        self._previous_handler = None
+        self._previous_handlers: dict = {}
+        self.stop_signal: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM), if one did
+        self.stopped_after: int | None = None  # the iteration it stopped after, with a checkpoint
         # wall seconds of training before this process (the checkpoints it continues), and this process's start
         self.wall_before, self._t0 = 0.0, None
 
-    # ------------------------------------------------------------------ Ctrl-C at an iteration boundary
-    def _on_sigint(self, signum, frame):
-        if self._interrupt_requested:  # the second Ctrl-C: stop now
-            signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)
+    # ------------------------------------------------------------------ Ctrl-C / SIGTERM at an iteration boundary
+    def _on_signal(self, signum, frame):
+        if self._interrupt_requested:  # the second one: stop now
+            self._restore_handler()
             raise KeyboardInterrupt
-        self._interrupt_requested = True
-        log.warning("Ctrl-C: stopping after this iteration, with a checkpoint (press again to stop now)")
+        self._interrupt_requested, self.stop_signal = True, signum
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: stopping after this iteration, with a checkpoint (press again to stop now)")
+        else:
+            log.warning("%s: stopping after this iteration, with a checkpoint (a second one stops at once)",
+                        signal.Signals(signum).name)
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is threading.main_thread():  # replaces Lightning's SIGTERM handler
+            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def _restore_handler(self):
-        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+        if self._previous_handlers and threading.current_thread() is threading.main_thread():
+            for s, handler in self._previous_handlers.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            self._previous_handlers = {}
 
     def on_train_end(self, trainer, pl_module):
         self._restore_handler()
@@ -79,6 +89,7 @@ class IterationCheckpoint(L.Callback):
         if stop:
             log.warning("Interrupted after iteration %d; checkpoint %s (continue with resume=%s)",
                         done, self.last_path, self.last_path)
+            self.stopped_after = done
             raise KeyboardInterrupt
 
     def save(self, trainer, done: int) -> Path:
