@@ -11,7 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+from rlexp.resources import sweeps_dir
+
+# the installed sweeps (rlexp/conf/sweeps: the repository's sweeps/), the Hydra group `sweeps`
+SWEEPS_DIR = sweeps_dir()
 
 USAGE = """usage: rlexp <command> [args]
 
@@ -102,7 +105,10 @@ def _composition_error(args: list[str]) -> str | None:
 
     from rlexp.train import compose
     try:
-        compose([a for a in args if not a.startswith(("hydra.", "hydra/", "+hydra"))])
+        # Hydra's own settings are Hydra's to check, except the search path: a user's config directory
+        # (hydra.searchpath=[file://./my_conf]) holds options the overrides choose
+        compose([a for a in args if a.startswith("hydra.searchpath=")
+                 or not a.startswith(("hydra.", "hydra/", "+hydra"))])
     except MissingConfigException as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         head = lines[0].split(": ", 1)[-1]
@@ -118,11 +124,27 @@ def _composition_error(args: list[str]) -> str | None:
     return None
 
 
+def _sweep_files(args: list[str]) -> dict[str, Path]:
+    """Each sweep's file by name: rlexp's own, then those in sweeps/ of every ``file://`` directory that a
+    ``hydra.searchpath=[...]`` override in ``args`` adds (Hydra looks there too; the first name wins)."""
+    dirs = [SWEEPS_DIR]
+    for arg in args:
+        if arg.startswith("hydra.searchpath="):
+            entries = (e.strip().strip("'\"") for e in arg.split("=", 1)[1].strip("[]").split(","))
+            dirs += [Path(e[len("file://"):]) / "sweeps" for e in entries if e.startswith("file://")]
+    files: dict[str, Path] = {}
+    for d in dirs:
+        for path in sorted(d.glob("*.yaml")):
+            files.setdefault(path.stem, path)
+    return files
+
+
 def _sweep(args: list[str]) -> int:
-    names = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+    files = _sweep_files(args)
+    names = sorted(files)
     if not args or args[0] in ("-h", "--help", "--list"):
         print("sweeps (sweeps/NAME.yaml):\n" + "\n".join(
-            f"  {n:24s} {(SWEEPS_DIR / f'{n}.yaml').read_text().splitlines()[1].lstrip('# ')}" for n in names))
+            f"  {n:24s} {files[n].read_text().splitlines()[1].lstrip('# ')}" for n in names))
         return 0
     name, rest = args[0], args[1:]
     if name not in names:

@@ -21,9 +21,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlexp.config import ConfigError, validate
+from rlexp.resources import conf_dir
 
 log = logging.getLogger("rlexp")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# the installed config tree (package data rlexp/conf; the repository's conf/ in an editable install)
+CONF_DIR = str(conf_dir())
 
 
 def _quiet_libraries() -> None:
