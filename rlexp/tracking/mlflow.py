@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -93,20 +94,50 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: first line`` of the innermost cause of ``error`` (a store's error wraps the one that says what
+    happened: ``sqlite3.OperationalError: attempt to write a readonly database``, a refused connection)."""
+    seen, root = {id(error)}, error
+    while root.__cause__ is not None and id(root.__cause__) not in seen:
+        root = root.__cause__
+        seen.add(id(root))
+    text = (str(root).splitlines() or [""])[0].strip()
+    return f"{type(root).__name__}: {text}"[:300] if text else type(root).__name__
+
+
+class _DropStoreTracebacks(logging.Filter):
+    """MLflow's SQL store logs every failed call with its traceback (``SQLAlchemy database error...``) before
+    raising it; rlexp reports the raised error itself, in one line per kind of failure (`RunLogger`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def quiet_store_errors() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _DropStoreTracebacks) for f in logger.filters):
+        logger.addFilter(_DropStoreTracebacks())
+
+
 class RunLogger(MLFlowLogger):
     """Lightning's ``MLFlowLogger``, except that a store failing in the middle of a run does not stop the
-    run: what could not be recorded is listed in ``unlogged`` (and reported once in the log), training,
-    checkpoints and the saved policy go on, and ``rlexp train`` reports the gap at the end."""
+    run: what could not be recorded is listed in ``unlogged`` (and reported in one log line per kind of
+    record: metrics, a sample table, the run's end...), training, checkpoints and the saved policy go on, and
+    ``rlexp train`` reports the gap at the end."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.unlogged: list[str] = []
+        self._kinds_said: set[str] = set()
 
     def record_failure(self, what: str, error: BaseException) -> None:
-        if not self.unlogged:
-            log.error("MLflow store %s failed: %s not recorded (%s: %s); the run goes on, its checkpoints and "
-                      "saved policy are not affected", self._tracking_uri, what, type(error).__name__,
-                      str(error).splitlines()[0] if str(error) else "")
+        kind = re.sub(r"\d+", "N", what)  # "metrics of step 7" and "... step 9" are one kind of failure
+        if kind not in self._kinds_said:
+            first = not self._kinds_said
+            self._kinds_said.add(kind)
+            log.error("MLflow store %s failed: %s not recorded (%s)%s", self._tracking_uri, what, one_line(error),
+                      "; the run goes on, its checkpoints and saved policy are not affected (each kind of failure "
+                      "is reported once; the run's last line lists what is missing)" if first else "")
         self.unlogged.append(what)
 
     def guarded(self, what: str, fn, *args, **kwargs):
@@ -154,7 +185,7 @@ def mark_error(logger: MLFlowLogger | None, error: BaseException) -> None:
         text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
         logger.experiment.set_tag(logger.run_id, "rlexp.error", text[:5000])
     except Exception as e:  # noqa: BLE001
-        log.error("could not tag MLflow run %s with its error: %s", logger._run_id, e)
+        log.error("could not tag MLflow run %s with its error: %s", logger._run_id, one_line(e))
 
 
 def _git_commit() -> str | None:
@@ -198,6 +229,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     tags.update(sweep_job_tags())
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    quiet_store_errors()
     try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
         open_store(uri, experiment=t.experiment)  # created/upgraded under a file lock: concurrent first runs
         if resume_run_id is not None:
@@ -233,7 +265,7 @@ def mark_run_status(logger: MLFlowLogger | None, status: str) -> None:
     try:
         logger.experiment.set_terminated(logger.run_id, status)
     except Exception as e:  # noqa: BLE001 - the original error matters more
-        log.error("could not mark MLflow run %s as %s: %s", logger._run_id, status, e)
+        log.error("could not mark MLflow run %s as %s: %s", logger._run_id, status, one_line(e))
 
 
 class RunArtifacts(L.Callback):
