@@ -121,6 +121,28 @@ def _composition_error(args: list[str]) -> str | None:
         return str(e).splitlines()[0] + (f" ({detail})" if detail else "")
     except OverrideParseException as e:
         return f"cannot parse the overrides: {str(e).splitlines()[0]}"
+    return _output_dir_error(args)
+
+
+def _output_dir_error(args: list[str]) -> str | None:
+    """The run's output directory (``hydra.run.dir``, which Hydra creates before the run starts) cannot be
+    written: one line instead of Hydra's traceback."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rlexp.config import ConfigError
+    from rlexp.config.validate import check_writable_dir
+    from rlexp.train import CONF_DIR
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=args, return_hydra_config=True)
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    except Exception:  # noqa: BLE001 - an unresolvable directory: Hydra reports it as it does
+        return None
+    try:
+        check_writable_dir("hydra.run.dir", run_dir)
+    except ConfigError as e:
+        return str(e)
     return None
 
 

@@ -65,6 +65,9 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     the final evaluation, ``module.history`` every logged metric). ``callbacks``: extra Lightning
     callbacks for the Trainer (e.g. timers when rlexp is driven from Python)."""
     validate(cfg)
+    from rlexp.config.validate import check_machine
+
+    check_machine(cfg)  # CUDA, precision, writable directories: before any model is built or run recorded
     import lightning as L
     import torch
     from hydra.utils import instantiate

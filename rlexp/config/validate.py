@@ -5,7 +5,9 @@ must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s
 """
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from pathlib import Path
 
 import dataclasses
@@ -32,6 +34,8 @@ def _check_field(key: str, value: Any, meta: dict, registry_checks: list) -> Non
         raise ConfigError(f"{key}={_fmt(value)} is not a known option; allowed: {', '.join(meta['choices'])}")
     if "registry" in meta:
         registry_checks.append((key, value, meta["registry"]))
+    if isinstance(value, float) and not math.isfinite(value):  # nan compares false, inf passes `gt`
+        raise ConfigError(f"{key}={_fmt(value)} must be a finite number")
     bounds = []
     if "ge" in meta:
         bounds.append((value >= meta["ge"], f">= {meta['ge']}"))
@@ -181,6 +185,86 @@ def _check_combinations(cfg: DictConfig) -> None:
         raise ConfigError(f"task.max_operand={t.max_operand} must be >= task.min_operand={t.min_operand}")
 
 
+#: seeds reach numpy (``np.random.seed``, via Lightning's ``seed_everything``), which takes 32 bits
+SEED_LIMIT = 2 ** 32
+
+
+def check_writable_dir(key: str, path, env: str | None = None) -> None:
+    """``path`` is a directory that this process can write into, or can create: the nearest part of it that
+    exists is a directory where a file can be created (probed with a real file: permission bits say
+    nothing for root, nor for a read-only filesystem)."""
+    target = Path(str(path)).expanduser()
+    name = f"{env}={path} ({key})" if env and os.environ.get(env) == str(path) else f"{key}={path}"
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{name}: {existing} is a file, not a directory; point it at a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".rlexp-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot be written ({e.strerror or type(e).__name__}: {existing}); point it "
+                          f"at a writable directory") from None
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """What this machine must offer a (valid) config before a run starts: the devices it asks for, a precision
+    that runs as recorded, and the directories it will write (``rlexp.train.run`` calls it after ``validate``;
+    a config can be valid and still be meant for another machine)."""
+    hw = cfg.get("hardware")
+    if hw is not None and "accelerator" in hw:
+        import torch  # costs ~2 s; the registry checks import it anyway
+
+        cuda = torch.cuda.is_available()
+        if hw.accelerator in ("gpu", "cuda") and not cuda:
+            raise ConfigError(f"hardware.accelerator={hw.accelerator} (hardware={hw.name}) needs CUDA, which this "
+                              f"machine does not have (torch {torch.__version__}, torch.cuda.is_available() is "
+                              f"False); use hardware=cpu")
+        if hw.accelerator in ("gpu", "cuda") and hw.devices > torch.cuda.device_count():
+            raise ConfigError(f"hardware.devices={hw.devices}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s)")
+        if hw.accelerator == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("hardware.accelerator=mps needs Apple's MPS backend, which this machine does not have")
+        on_cpu = hw.accelerator == "cpu" or (hw.accelerator == "auto" and not cuda)
+        if on_cpu and hw.precision == "16-mixed":
+            raise ConfigError("hardware.precision=16-mixed needs a GPU: on CPU Lightning would run bf16-mixed "
+                              "instead while the run records 16-mixed; use hardware.precision=bf16-mixed or 32-true")
+    m = cfg.get("model")
+    if m is not None and m.get("cache_dir"):
+        check_writable_dir("model.cache_dir", m.cache_dir, env="RLEXP_CACHE_DIR")
+    ck = cfg.get("checkpoint")
+    if ck is not None and ck.get("dir") and OmegaConf.select(cfg, "algorithm.module") == "online":
+        check_writable_dir("checkpoint.dir", ck.dir)
+
+
+def _check_task(cfg: DictConfig) -> None:
+    """The built-in tasks' own checks (a prompt pool the operand range can fill, answers that fit the token
+    budget) run when the task is built; build it here, before any run exists, with the default reward
+    (the configured one is imported when the run builds the task)."""
+    t = cfg.get("task")
+    if t is None or t.get("name") not in SCHEMAS["task"] or "_target_" not in t:
+        return
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(t, reward=None)
+    except Exception as e:  # noqa: BLE001 - the task's own ValueError names the keys
+        cause = e.__cause__ or e
+        raise ConfigError(f"task: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+
+
+def _float_values(cfg: DictConfig) -> None:
+    """Numbers the samplers pass on as floats (``rollout.temperature=2`` is 2.0: transformers refuses an int)."""
+    r = cfg.get("rollout")
+    if r is None:
+        return
+    for key in ("temperature", "top_p"):
+        if isinstance(r.get(key), int) and not isinstance(r.get(key), bool):
+            r[key] = float(r[key])
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every group of ``cfg`` against its schema; raise ``ConfigError`` on the first problem."""
     registry_checks: list = []
@@ -194,12 +278,14 @@ def validate(cfg: DictConfig) -> None:
             continue
         typed = _typed(group, node, schema)
         _check_node(group, typed, schema, registry_checks)
-    if not isinstance(cfg.get("seed"), int) or cfg.seed < 0:
-        raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer >= 0")
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer in [0, 2^32 - 1] (numpy's seed range)")
     resume = cfg.get("resume")
     if resume is not None and resume != "auto" and not Path(str(resume)).expanduser().is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file (a path to a .ckpt file, or `auto`)")
     _check_combinations(cfg)
+    _check_task(cfg)
     _check_registries(registry_checks)
     if "advantage" in cfg.algorithm:
         _check_algorithm_pieces(cfg.algorithm)
+    _float_values(cfg)
