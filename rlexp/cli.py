@@ -120,8 +120,42 @@ def _composition_error(args: list[str]) -> str | None:
         detail = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
         return str(e).splitlines()[0] + (f" ({detail})" if detail else "")
     except OverrideParseException as e:
-        return f"cannot parse the overrides: {str(e).splitlines()[0]}"
+        return _parse_hint(args) or f"cannot parse the overrides: {str(e).splitlines()[0]}"
     return _output_dir_error(args)
+
+
+def _parse_hint(args: list[str]) -> str | None:
+    """The override Hydra's lexer refuses, the character at fault and how to quote the value."""
+    import unicodedata
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def parses(text: str) -> bool:
+        try:
+            parser.parse_overrides([text])
+            return True
+        except Exception:  # noqa: BLE001 - any refusal
+            return False
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or parses(arg):
+            continue
+        i = next((i for i in range(len(value)) if not parses(f"{key}={value[:i + 1]}")), 0)
+        ch = value[i] if value else ""
+        if ch and not ch.isascii():
+            what = f"{ch!r} ({unicodedata.name(ch, f'U+{ord(ch):04X}')})"
+            fix = ("type it in ASCII digits" if unicodedata.category(ch) == "Nd" else "use ASCII characters") + \
+                  ", or quote a string value"
+        else:
+            what, fix = repr(ch), "quote the value"
+        escaped = value.replace('"', '\\"')
+        quoted = f'"{key}=\'{escaped}\'"' if '"' in value else (f'"{key}=\\"{value}\\""' if "'" in value else
+                                                              f"'{key}=\"{value}\"'")
+        return (f"cannot parse the override {arg}: {what} at position {i + 1} of the value is special to Hydra's "
+                f"override grammar; {fix}, e.g. {quoted} (Hydra's quotes inside the shell's)")
+    return None
 
 
 def _output_dir_error(args: list[str]) -> str | None:

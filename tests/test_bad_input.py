@@ -75,6 +75,18 @@ TABLE = [
      "task.num_eval=40 leaves no training prompts: only 36 operand pairs in [0, 5]"),
     ("a token budget too small for the answers", ["task.max_new_tokens=2"], 2,
      "task.max_new_tokens=2 is too small: answers need up to 4 tokens"),
+    ("an unquoted special character (Hydra's lexer)", ["checkpoint.dir=~/ckpt"], 2,
+     "cannot parse the override checkpoint.dir=~/ckpt: '~' at position 1 of the value is special to Hydra's "
+     "override grammar; quote the value, e.g. 'checkpoint.dir=\"~/ckpt\"'"),
+    ("an unquoted quote", ["tracking.run_name=it's"], 2,
+     "cannot parse the override tracking.run_name=it's: \"'\" at position 3"),
+    ("full-width digits", ["algorithm.gamma=０.９"], 2,
+     "'０' (FULLWIDTH DIGIT ZERO) at position 1 of the value is special to Hydra's override grammar; type it in "
+     "ASCII digits"),
+    ("a reward module in the current directory, which `rlexp train` does not import from",
+     ["task.reward._target_=my_rewards.score"], 2,
+     "my_rewards.py is in the current directory …, but the current directory … is not on the import path "
+     "(`rlexp train` does not add it; `python -m rlexp train` does): run `PYTHONPATH=. rlexp train ...`"),
 ]
 
 
@@ -91,6 +103,7 @@ def _prepare(tmp: Path) -> None:
     model.save_pretrained(tmp / "no_eos")
     tok.eos_token = None
     tok.save_pretrained(tmp / "no_eos")
+    (tmp / "my_rewards.py").write_text("def score(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
 
 
 #: rows that hold only where CUDA is absent (this machine, CI)
@@ -182,4 +195,4 @@ if __name__ == "__main__":  # the README table, with the messages as they are
     print("| what is wrong | example | exit | message |\n| --- | --- | --- | --- |")
     for what, overrides, code, line in rows:
         ex = " ".join(o.replace("{tmp}", "…") for o in overrides)
-        print(f"| {what} | `{ex}` | {code} | `{line.replace('|', '/')[:220]}` |")
+        print(f"| {what} | `{ex}` | {code} | `{line.replace('|', '/')[:420]}` |")

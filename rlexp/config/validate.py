@@ -255,6 +255,37 @@ def _check_task(cfg: DictConfig) -> None:
         raise ConfigError(f"task: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
 
 
+def import_path_hint(target: str) -> str:
+    """Whether the current directory, where a user's reward module usually is, is on the import path:
+    ``python -m rlexp`` puts it there, the ``rlexp`` command does not."""
+    import sys
+
+    cwd = Path.cwd().resolve()
+    on_path = any(Path(p or ".").resolve() == cwd for p in sys.path if isinstance(p, str))
+    top = target.split(".", 1)[0]
+    here = next((f for f in (cwd / f"{top}.py", cwd / top) if f.exists()), None)
+    found = f"{here.name} is in the current directory {cwd}, but " if here else ""
+    if on_path:
+        return f"the current directory {cwd} is on the import path; check the module and function names"
+    return (f"{found}the current directory {cwd} is not on the import path (`rlexp train` does not add it; "
+            f"`python -m rlexp train` does): run `PYTHONPATH=. rlexp train ...` or `python -m rlexp train ...`")
+
+
+def _check_reward_target(t) -> None:
+    """``task.reward._target_`` can be imported (the user's reward runs only when the task is built)."""
+    target = OmegaConf.select(t, "reward._target_", default=None)
+    if not isinstance(target, str):
+        return
+    from hydra._internal.utils import _locate
+
+    try:
+        _locate(target)
+    except Exception as e:  # noqa: BLE001 - ImportError, or an error raised by the module itself
+        why = " ".join(str(e).split()).removeprefix(f"Error loading '{target}': ") or type(e).__name__
+        raise ConfigError(f"task: Error locating target '{target}' (task.reward._target_): {why[:300]}; "
+                          f"{import_path_hint(target)}") from None
+
+
 def _float_values(cfg: DictConfig) -> None:
     """Numbers the samplers pass on as floats (``rollout.temperature=2`` is 2.0: transformers refuses an int)."""
     r = cfg.get("rollout")
@@ -285,6 +316,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={resume}: no such checkpoint file (a path to a .ckpt file, or `auto`)")
     _check_combinations(cfg)
     _check_task(cfg)
+    if cfg.get("task") is not None:
+        _check_reward_target(cfg.task)
     _check_registries(registry_checks)
     if "advantage" in cfg.algorithm:
         _check_algorithm_pieces(cfg.algorithm)
