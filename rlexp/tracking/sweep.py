@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rlexp.tracking.common import (
-    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, resolve_tracking_uri,
+    ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, open_store, resolve_tracking_uri,
 )
 
 log = logging.getLogger("rlexp.sweep")
@@ -251,11 +251,9 @@ class SweepCallback(Callback):
                 self._refuse(f"--resume {self.resume}: this sweep is not tracked (tracking=none), so there is "
                              f"nothing to resume")
             return
-        from mlflow.tracking import MlflowClient
-
         name = str(OmegaConf.select(config, "sweep.name") or "multirun")
         self.uri = resolve_tracking_uri(t, os.getcwd())
-        self.client = MlflowClient(self.uri)
+        self.client = open_store(self.uri, experiment=t.experiment)  # a fresh SQLite store: made under its lock
         if self.resume:
             self._reopen(config, t)
         else:
