@@ -62,7 +62,8 @@ def test_a_built_wheel_installed_in_a_fresh_venv_runs_from_an_empty_directory(tm
     expected |= {"rlexp/" + p.relative_to(src).as_posix() for p in (src / "conf").rglob("*.yaml")}
     expected |= {f"rlexp/conf/sweeps/{p.name}" for p in (src / "sweeps").glob("*.yaml")}
     assert "rlexp/conf/config.yaml" in expected and "rlexp/conf/sweeps/ppo_gae.yaml" in expected
-    assert not expected - names, f"missing from the wheel: {sorted(expected - names)}"
+    assert not expected - names, (f"missing from the wheel: {sorted(expected - names)} (a new package goes in "
+                                  f"[tool.setuptools] packages of pyproject.toml)")
 
     venv = tmp_path / "venv"
     python = _fresh_venv(venv)
