@@ -1,17 +1,18 @@
 """rlexp.core: the pure-math layer (torch only) of rlexp.
 
-Masked statistics, advantage estimators (GAE and group-relative: GRPO, Dr. GRPO,
-RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy losses
-(PPO clip, GSPO, CISPO), value loss, DAPO overlong reward shaping and preference
-losses (DPO, IPO, SLiC hinge), plus the name registries that let configs select
-among them.  Tensor convention: response tensors are ``[B, T]``, right-padded, with
-a prefix ``mask``; completions of one prompt are consecutive rows (groups of
-``group_size``); see each module's docstring.
+Masked statistics, advantage estimators (GAE, REINFORCE++ returns and group-relative:
+GRPO, Dr. GRPO, RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy
+losses (PPO clip, GSPO, CISPO, SAPO; the :class:`PolicyLoss` contract), value loss, DAPO
+overlong reward shaping and preference losses (DPO, IPO, SLiC hinge), plus the name
+registries that let configs select among them.  Tensor convention: response tensors are
+``[B, T]``, right-padded, with a prefix ``mask``; completions of one prompt are
+consecutive rows (groups of ``group_size``); see each module's docstring.
 """
 
 from .advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageEstimator,
+    discounted_returns,
     gae,
     group_advantages,
     group_pass_rate,
@@ -22,8 +23,8 @@ from .aggregation import AGGREGATIONS, aggregate, aggregation_denominator
 from .dpo import DPO_LOSSES, dpo_loss
 from .kl import KL_ESTIMATORS, kl_estimate
 from .logprobs import entropy_from_logits, logprobs_from_logits
-from .losses import POLICY_LOSSES, ppo_policy_loss, value_loss
-from .policy_losses import cispo_policy_loss, gspo_policy_loss
+from .losses import POLICY_LOSSES, PolicyLoss, policy_loss, ppo_policy_loss, value_loss
+from .policy_losses import cispo_policy_loss, gspo_policy_loss, sapo_policy_loss
 from .registry import Registry
 from .shaping import overlong_penalty
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
@@ -35,9 +36,11 @@ __all__ = [
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "AdvantageEstimator",
+    "PolicyLoss",
     "Registry",
     "aggregate", "aggregation_denominator",
     "cispo_policy_loss",
+    "discounted_returns",
     "dpo_loss",
     "entropy_from_logits",
     "explained_variance",
@@ -52,8 +55,10 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "overlong_penalty",
+    "policy_loss",
     "ppo_policy_loss",
     "rloo_advantages",
+    "sapo_policy_loss",
     "value_loss",
     "zero_std_groups",
 ]

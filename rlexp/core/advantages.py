@@ -9,17 +9,20 @@ all called the same way::
                               all_reduce=..., valid=...)            # [B, T] each
 
 Arguments an estimator does not use are ignored (``values`` may then be ``None``);
-``est.uses`` names the algorithm config keys it reads and ``est.needs_critic`` says
-whether it needs ``values``.  Critic-free estimators score a completion by
+``est.uses`` names the algorithm config keys it reads, ``est.needs_critic`` says
+whether it needs ``values`` and ``est.needs_groups`` whether it compares the completions
+of one prompt (then ``num_generations >= 2``).  Group estimators score a completion by
 ``s_b = Σ_t rewards[b,t]·mask[b,t]`` and compare it with the other completions of its
 prompt: completions of one prompt are consecutive rows, in groups of ``group_size``
-(``B % group_size == 0``).  Group-wise helpers work on scores ``[B]``.
+(``B % group_size == 0``).  Group-wise helpers work on scores ``[B]``.  ``reinforce_pp``
+needs neither a critic nor groups (discounted token returns; the module whitens them).
 
 Unscorable rows: ``valid`` (optional bool ``[B]``, True = the reward function scored the
 completion; ``None`` = every row) marks completions without a reward
 (``task.on_reward_error=skip``).  They leave every statistic: the group mean, the group and
 batch stds, the zero-variance test, the pass rate and the RLOO baseline are taken over the
-valid rows only, and an invalid row's advantage is exactly 0 (as in TRL).  ``gae`` accepts
+valid rows only, and an invalid row's advantage is exactly 0 (as in TRL; ``reinforce_pp``
+too).  ``gae`` accepts
 ``valid`` and ignores it (its rows are dropped by the loss and whitening masks).  With
 ``valid`` None or all True every result is bit-identical to not passing it.
 """
@@ -48,13 +51,15 @@ class AdvantageEstimator:
 
     ``fn(rewards, values, mask, *, gamma, lam, group_size, scale, eps, all_reduce, valid)
     -> (adv, ret)``;
-    ``needs_critic``: reads ``values``; ``uses``: algorithm config keys it reads.
+    ``needs_critic``: reads ``values``; ``uses``: algorithm config keys it reads;
+    ``needs_groups``: compares the completions of one prompt (``group_size >= 2``).
     """
 
     name: str
     fn: Callable[..., tuple[Tensor, Tensor]]
     needs_critic: bool
     uses: frozenset[str]
+    needs_groups: bool
 
     def __call__(
         self,
@@ -77,9 +82,9 @@ class AdvantageEstimator:
                        scale=scale, eps=eps, all_reduce=all_reduce, valid=valid)
 
 
-def _register(name: str, needs_critic: bool, uses: frozenset[str]):
+def _register(name: str, needs_critic: bool, uses: frozenset[str], needs_groups: bool = True):
     def decorator(fn):
-        ADVANTAGE_ESTIMATORS.register(name)(AdvantageEstimator(name, fn, needs_critic, uses))
+        ADVANTAGE_ESTIMATORS.register(name)(AdvantageEstimator(name, fn, needs_critic, uses, needs_groups))
         return fn
 
     return decorator
@@ -123,7 +128,7 @@ def gae(
     return adv, returns
 
 
-@_register("gae", needs_critic=True, uses=frozenset({"gamma", "lam"}))
+@_register("gae", needs_critic=True, uses=frozenset({"gamma", "lam"}), needs_groups=False)
 def _gae_estimator(rewards, values, mask, *, gamma, lam, **_unused):
     # valid is ignored: unscorable rows leave GAE through the loss and whitening masks.
     if values is None:
@@ -343,3 +348,37 @@ def _rloo_estimator(rewards, values, mask, *, group_size, valid=None, **_unused)
     with torch.no_grad():
         return _broadcast(rloo_advantages(_sequence_scores(rewards, mask), group_size, valid=valid),
                           mask)
+
+
+# ------------------------------------------------------------------ REINFORCE++ (no critic, no groups)
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """Reward-to-go ``G_t = Σ_{k≥t} γ^{k-t} r_k`` over each row's masked tokens.
+
+    rewards, mask: ``[B, T]``; mask ones form a prefix of each row.  Returns ``[B, T]`` (rewards'
+    float dtype), exactly 0 off-mask; inputs there are ignored.  ``G_t = r_t + γ G_{t+1}`` from the
+    last masked token back (``G`` = 0 after it).  No gradient.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    with torch.no_grad():
+        m = as_bool_mask(mask)
+        r = masked_fill_zero(_float(rewards), m)
+        mf = m.to(r.dtype)
+        out = torch.zeros_like(r)
+        running = torch.zeros(r.shape[0], dtype=r.dtype, device=r.device)
+        for t in range(r.shape[1] - 1, -1, -1):
+            running = (r[:, t] + gamma * running) * mf[:, t]
+            out[:, t] = running
+    return out
+
+
+@_register("reinforce_pp", needs_critic=False, uses=frozenset({"gamma"}), needs_groups=False)
+def _reinforce_pp_estimator(rewards, values, mask, *, gamma, valid=None, **_unused):
+    """REINFORCE++ (Hu et al., 2025): ``Â_{b,t} = G_{b,t}``, the discounted return of the token rewards
+    (with the KL penalty in them, ``kl_placement=in_reward``); no baseline here: the module's batch
+    whitening (``whiten_advantages: true``) subtracts the batch mean and divides by its std.  Rows with
+    ``valid`` False get 0.  Returns = advantages (a copy)."""
+    adv = discounted_returns(rewards, mask, gamma)
+    if valid is not None:
+        adv = torch.where(as_bool_mask(valid)[:, None], adv, torch.zeros((), dtype=adv.dtype, device=adv.device))
+    return adv, adv.clone()

@@ -61,6 +61,11 @@ class Registry:
         """Sorted list of registered names."""
         return sorted(self._items)
 
+    def entries(self) -> dict[str, Any]:
+        """``{name: object}`` for every registered name, sorted by name (a new dict): the registered
+        objects themselves, for code that reads their metadata (e.g. a policy loss's ``uses``)."""
+        return {name: self._items[name] for name in self.names()}
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

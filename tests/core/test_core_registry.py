@@ -17,6 +17,7 @@ from rlexp.core import (
     gspo_policy_loss,
     kl_estimate,
     ppo_policy_loss,
+    sapo_policy_loss,
 )
 
 
@@ -56,16 +57,17 @@ def test_unknown_name_lists_valid_names():
 
 
 def test_builtin_registries():
-    assert ADVANTAGE_ESTIMATORS.names() == ["dr_grpo", "gae", "grpo", "rloo"]
+    assert ADVANTAGE_ESTIMATORS.names() == ["dr_grpo", "gae", "grpo", "reinforce_pp", "rloo"]
     assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
     assert AGGREGATIONS.names() == sorted(
         ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
          "seq-mean-token-sum-norm", "prompt-mean"]
     )
-    assert POLICY_LOSSES.names() == ["cispo", "gspo", "ppo_clip"]
+    assert POLICY_LOSSES.names() == ["cispo", "gspo", "ppo_clip", "sapo"]
     assert POLICY_LOSSES.get("ppo_clip") is ppo_policy_loss
     assert POLICY_LOSSES.get("gspo") is gspo_policy_loss
     assert POLICY_LOSSES.get("cispo") is cispo_policy_loss
+    assert POLICY_LOSSES.get("sapo") is sapo_policy_loss
     with pytest.raises(ValueError, match="unknown kl estimator 'k4'; valid: k1, k2, k3"):
         kl_estimate(None, None, "k4")
 
