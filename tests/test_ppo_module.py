@@ -27,6 +27,7 @@ COIN = GRPO + ["task.reward._target_=rewards_for_tests.coin"]  # flat groups abo
 DYN = COIN + ["algorithm.dynamic_sampling=true"]
 LONG = GRPO + ["algorithm.overlong_penalty=1.0", "algorithm.overlong_buffer=4"]
 NPR = COIN + ["algorithm.no_positive_resampling=true"]
+SAPO = GRPO + ["algorithm.policy_loss=sapo"]  # two minibatches: the second is off-policy, where τ acts
 KNOBS = {
     "advantage": (GRPO, "algorithm.advantage=rloo"),
     "gamma": ([], "algorithm.gamma=0.5"),
@@ -38,6 +39,8 @@ KNOBS = {
     "clip_eps": ([], "algorithm.clip_eps=0.001"),
     "clip_eps_high": (["algorithm.clip_eps=0.001"], "algorithm.clip_eps_high=0.05"),
     "dual_clip": ([], "algorithm.dual_clip=1.001"),
+    "sapo_tau_pos": (SAPO, "algorithm.sapo_tau_pos=4.0"),
+    "sapo_tau_neg": (SAPO, "algorithm.sapo_tau_neg=4.0"),
     "loss_agg": ([], "algorithm.loss_agg=seq-mean-token-sum"),
     "entropy_coef": ([], "algorithm.entropy_coef=0.1"),
     "kl_coef": ([], "algorithm.kl_coef=0.5"),

@@ -2,16 +2,20 @@
 
 ``inactive_knobs(algo)`` maps each key of ``algorithm`` that cannot change anything under the rest of
 the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` without a critic,
-``kl_estimator`` with ``kl_coef: 0``, ``clip_eps`` when the update is one step on the whole rollout). ``rlexp.train`` warns about every such key that was set on the
-command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
+``kl_estimator`` with ``kl_coef: 0``, a policy-loss knob its ``policy_loss`` does not use, ``clip_eps``
+when the update is one step on the whole rollout).  The estimator's and the loss's own metadata
+(``uses``, ``needs_critic``) decide; no algorithm is named here.  ``rlexp.train`` warns about every such
+key that was set on the command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
 """
 from __future__ import annotations
 
 
 def inactive_knobs(algo) -> dict[str, str]:
-    from rlexp.core import ADVANTAGE_ESTIMATORS
+    from rlexp.core import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
     est = ADVANTAGE_ESTIMATORS.get(algo.advantage)
+    losses = POLICY_LOSSES.entries()
+    loss = losses[algo.policy_loss]
     out: dict[str, str] = {}
     for key in ("gamma", "lam", "adv_scale", "adv_eps"):
         if key not in est.uses:
@@ -30,13 +34,14 @@ def inactive_knobs(algo) -> dict[str, str]:
     if not algo.no_positive_resampling:
         for key in ("pass_rate_threshold", "pass_reward"):
             out[key] = "no_positive_resampling=false"
-    if algo.policy_loss == "cispo":
-        out["dual_clip"] = "policy_loss=cispo has no dual clip"
+    for key in sorted({k for other in losses.values() for k in other.knobs} - set(loss.uses)):
+        out[key] = f"policy_loss={algo.policy_loss} does not use it"
     if single_minibatch_epoch(algo):
-        # the update starts from the policy that sampled and takes one step: ρ = 1 exactly, V = V_old
+        # the update starts from the policy that sampled and takes one step: ρ = 1 exactly, V = V_old; at ρ = 1
+        # every registered loss's gradient is -Â∇logπ whatever its knobs (the PolicyLoss contract)
         why = ("one epoch over one minibatch (ppo_epochs=1, minibatch_size = prompts_per_step × num_generations): "
-               "the ratio is exactly 1, so no clip ever acts")
-        keys = ["clip_eps", "clip_eps_high"] + (["dual_clip"] if "dual_clip" not in out else [])
+               "the ratio is exactly 1, so no clip or gate of the policy loss ever acts")
+        keys = list(loss.uses)
         if est.needs_critic:
             keys.append("value_clip_eps")
         out.update({key: why for key in keys})

@@ -34,6 +34,8 @@ class OnlineAlgorithmConfig:
     clip_eps: float = spec(gt=0.0)
     clip_eps_high: Optional[float] = spec(gt=0.0, default=None)
     dual_clip: Optional[float] = spec(gt=1.0, default=None)
+    sapo_tau_pos: float = spec(gt=0.0)
+    sapo_tau_neg: float = spec(gt=0.0)
     loss_agg: str = spec(registry="AGGREGATIONS")
     entropy_coef: float = spec(ge=0.0)
     kl_coef: float = spec(ge=0.0)
@@ -226,7 +228,7 @@ class TrainerConfig:
 #: (a user's own task, say) is not type-checked beyond what its own code does.
 SCHEMAS: dict[str, dict[str, type]] = {
     "algorithm": {**{name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo",
-                                                             "scalerl")},
+                                                             "scalerl", "sapo", "reinforce_pp")},
                   "dpo": DPOConfig, "rejection_sampling": RejectionSamplingConfig, "sft": SFTConfig},
     "model": {"tiny": TinyModelConfig, "hf": HFModelConfig, "smollm2": HFModelConfig},
     "task": {"arithmetic": ArithmeticTaskConfig, "arithmetic_chat": ArithmeticChatTaskConfig},

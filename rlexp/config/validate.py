@@ -87,11 +87,11 @@ def _check_registries(checks: list) -> None:
 
 def _check_algorithm_pieces(a) -> None:
     """Combinations that depend on what the registered pieces are (after the registry check)."""
-    from rlexp.core import ADVANTAGE_ESTIMATORS
+    from rlexp.core import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
     G = a.num_generations
     est = ADVANTAGE_ESTIMATORS.get(a.advantage)
-    if not est.needs_critic and G < 2:  # every critic-free estimator compares completions of one prompt
+    if est.needs_groups and G < 2:  # the estimator compares completions of one prompt
         raise ConfigError(f"algorithm.num_generations={G} must be >= 2 with the group estimator "
                           f"algorithm.advantage={a.advantage}")
     for key in ("dynamic_sampling", "zero_variance_filter", "no_positive_resampling"):
@@ -104,8 +104,10 @@ def _check_algorithm_pieces(a) -> None:
         raise ConfigError("algorithm.kl_estimator=k1 with algorithm.kl_placement=in_loss has zero expected gradient "
                           "(E_π[∇log π] = 0), so algorithm.kl_coef would do nothing: use kl_estimator=k3 or k2, or "
                           "kl_placement=in_reward")
-    if a.policy_loss == "cispo" and a.dual_clip is not None:
-        raise ConfigError(f"algorithm.dual_clip={a.dual_clip} does not apply to policy_loss=cispo; set it to null")
+    for key, why in POLICY_LOSSES.entries()[a.policy_loss].incompatible.items():
+        if a.get(key) is not None:
+            raise ConfigError(f"algorithm.{key}={a[key]} does not apply to algorithm.policy_loss={a.policy_loss} "
+                              f"({why}); set it to null")
     if a.overlong_max_len is not None and a.overlong_buffer > a.overlong_max_len:
         raise ConfigError(f"algorithm.overlong_buffer={a.overlong_buffer} must be <= "
                           f"algorithm.overlong_max_len={a.overlong_max_len}")

@@ -221,9 +221,9 @@ class OnlineRLModule(RunRecorder, L.LightningModule):
         logprobs = core.logprobs_from_logits(logits, mb["response_ids"])
         if "old_logprobs" not in mb:  # single pass (see `single_pass`): on-policy, ρ = 1 with its gradient
             mb["old_logprobs"] = logprobs.detach()
-        loss, metrics = self.policy_loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mask,
-                                            clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high,
-                                            dual_clip=a.dual_clip, denominator=denominator, **agg)
+        # the registered loss takes exactly its `uses` from the config and aggregates its per-token losses once
+        loss, metrics = self.policy_loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mask, config=a,
+                                            denominator=denominator, **agg)
         metrics = {"policy_loss": loss.detach(), **metrics}
         if a.entropy_coef > 0:
             entropy = core.entropy_from_logits(logits)
