@@ -208,6 +208,10 @@ def close_interrupted(error: BaseException) -> int | None:
     try:
         cb.client.set_tag(cb.parent_id, "rlexp.error", text[:5000])
         runs = _job_runs(cb.client, cb.client.get_run(cb.parent_id))
+        for r in runs:  # a job stopped before its run could record how (e.g. Ctrl-C right as the run was created)
+            if r.info.status == "RUNNING":
+                cb.client.set_tag(r.info.run_id, "rlexp.error", f"its sweep stopped ({text}) while it ran")
+                cb.client.set_terminated(r.info.run_id, "KILLED")
         cb.client.log_metric(cb.parent_id, "sweep/jobs", len(runs))
         plan = unfinished(cb.uri, cb.parent_id)
         if plan is not None:
