@@ -1,7 +1,10 @@
 """Start-up validation of a composed config: one line naming the key, the value and what is allowed.
 
 ``validate(cfg)`` runs before any model is built. Range and type checks import no torch; names that
-must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s).
+must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s). A built-in task is
+built once with the default reward (its own checks: a prompt pool the operand range can fill), and
+``task.reward._target_`` must import. ``check_machine(cfg)`` then checks what this machine must offer
+(CUDA for a GPU setting, a precision that runs as recorded, writable cache, checkpoint directories).
 """
 from __future__ import annotations
 
