@@ -16,7 +16,6 @@ Heavy libraries (mlflow, scipy, matplotlib) are imported only once the arguments
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -55,20 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_tracking_uri(arg: str | None, cwd: Path | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (which must exist)."""
-    uri = arg or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        db = (cwd or Path.cwd()).resolve() / "mlflow.db"
-        if not db.exists():
-            raise CompareError(f"no MLflow store here ({db} does not exist); run from the directory where "
-                               f"you ran `rlexp train`, or pass --tracking-uri URI / set MLFLOW_TRACKING_URI")
-        return f"sqlite:///{db}"
-    if uri.startswith("sqlite:///"):  # MLflow would silently create an empty store
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.exists():
-            raise CompareError(f"tracking URI {uri} names a SQLite file that does not exist: {db}")
-    return uri
+def store_uri(arg: str | None, cwd: Path | None = None) -> str:
+    """The store to read: `rlexp.tracking.common.resolve_tracking_uri`'s precedence (``--tracking-uri``, else
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``); a SQLite file that does not exist is an
+    error (MLflow would silently create an empty store)."""
+    from rlexp.tracking.common import MissingStore, resolve_tracking_uri
+
+    try:
+        return resolve_tracking_uri(arg, cwd or Path.cwd(), must_exist="sqlite")
+    except MissingStore as e:
+        if e.default:
+            raise CompareError(f"no MLflow store here ({e.path} does not exist); run from the directory where "
+                               f"you ran `rlexp train`, or pass --tracking-uri URI / set MLFLOW_TRACKING_URI") from None
+        raise CompareError(f"tracking URI {e.uri} names a SQLite file that does not exist: {e.path}") from None
 
 
 def _safe_name(name: str) -> str:
@@ -83,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from rlexp.compare.table import failure_summary, terminal_table
 
     run_ids = parse_run_ids(args.runs) if args.runs is not None else None
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = store_uri(args.tracking_uri)
     runs, parent = load_runs(uri, experiment=args.experiment, sweep=args.sweep, run_ids=run_ids)
     runs = unify_values(runs)  # lam=1 and lam=1.0 are one configuration, in the table and the report
     check_metric(runs, args.metric)

@@ -76,10 +76,33 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
         client.log_batch(run_id, params=items[i:i + 100])
 
 
-def resolve_tracking_uri(tracking_cfg, launch_dir: str | Path) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<launch dir>/mlflow.db``."""
-    if tracking_cfg.get("uri"):
-        return str(tracking_cfg.uri)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
+class MissingStore(FileNotFoundError):
+    """`resolve_tracking_uri(..., must_exist=...)`: the SQLite file of the resolved store does not exist.
+    ``default``: it is the default store (nothing explicit was given), ``path`` its file, ``uri`` the URI."""
+
+    def __init__(self, uri: str, path: Path, default: bool):
+        super().__init__(f"no MLflow store at {path}")
+        self.uri, self.path, self.default = uri, path, default
+
+
+def resolve_tracking_uri(explicit, launch_dir: str | Path, *, must_exist: str | None = None) -> str:
+    """The MLflow store's URI, by the one precedence rule of every rlexp command: the explicit URI, else
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<launch dir>/mlflow.db`` (``launch dir`` made absolute).
+
+    ``explicit``: the run's ``tracking`` config (its ``uri``: ``tracking.uri=``), or the URI given on the
+    command line (``--tracking-uri``), or None; an empty one counts as not given. A command that only reads
+    the store (``rlexp compare``, ``rlexp ui``), where MLflow would silently create an empty one, passes
+    ``must_exist``: ``"default"`` raises `MissingStore` when the default store's file does not exist,
+    ``"sqlite"`` also when an explicit (or ``$MLFLOW_TRACKING_URI``) ``sqlite:///`` URI names a missing file.
+    """
+    given = explicit.get("uri") if hasattr(explicit, "get") else explicit
+    uri = str(given) if given else os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        db = sqlite_path(uri) if must_exist == "sqlite" else None
+        if db is not None and not db.exists():
+            raise MissingStore(uri, db, default=False)
+        return uri
+    db = Path(launch_dir).resolve() / "mlflow.db"
+    if must_exist and not db.exists():
+        raise MissingStore(f"sqlite:///{db}", db, default=True)
+    return f"sqlite:///{db}"

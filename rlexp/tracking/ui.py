@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from rlexp.tracking.common import MissingStore, resolve_tracking_uri
+
 # what stops `rlexp ui` and its server: Ctrl-C, `kill`/`timeout`/`docker stop`, the terminal closing
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT_S = 20.0  # the server's graceful shutdown, after which its group is killed
@@ -95,14 +97,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=5000, help="0 picks a free port")
     args = ap.parse_args(argv)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        db = Path.cwd() / "mlflow.db"
-        if not db.exists():
-            print(f"rlexp ui: error: no store at {db}; run `rlexp train` here first or pass --tracking-uri",
-                  file=sys.stderr)
-            return 2
-        uri = f"sqlite:///{db}"
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), must_exist="default")
+    except MissingStore as e:
+        print(f"rlexp ui: error: no store at {e.path}; run `rlexp train` here first or pass --tracking-uri",
+              file=sys.stderr)
+        return 2
     port = args.port or free_port(args.host)
     problem = port_problem(args.host, port)
     if problem:  # else the server would fail to bind, and the URL would show whatever holds the port
