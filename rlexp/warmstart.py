@@ -25,9 +25,9 @@ import transformers
 from omegaconf import OmegaConf
 
 from rlexp.config.paths import resolve_model_dir
+from rlexp.core.seeding import WARMSTART_BATCHES, generator
 from rlexp.models import build_char_tokenizer, build_tiny_model, load_causal_lm, load_tokenizer, source_gguf_file
 from rlexp.modules import SFTModule
-from rlexp.modules.data import step_generator
 from rlexp.rollout import collate_supervised, evaluate
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class _SFTBatches(torch.utils.data.Dataset):
         return self.steps
 
     def __getitem__(self, i):
-        g = step_generator(self.seed, i, salt=2)
+        g = generator(self.seed, i, WARMSTART_BATCHES)
         idx = torch.randint(len(self.examples), (self.batch_size,), generator=g).tolist()
         rows = [self.examples[j] for j in idx]
         return collate_supervised(self.tokenizer, [e.prompt for e in rows],

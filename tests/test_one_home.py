@@ -65,3 +65,48 @@ def test_a_reading_command_refuses_a_store_that_does_not_exist(tmp_path, monkeyp
     (tmp_path / "mlflow.db").touch()
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert store_uri(None) == resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------------------------------ seeds
+def test_one_function_derives_the_seeds():
+    """The derivation's constant (``s · 1_000_003 + i``) appears nowhere else in rlexp/, nor a ``manual_seed`` of
+    arithmetic (a seed derived inline)."""
+    found = []
+    for p in _files():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and node.value == 1_000_003:
+                found.append(f"{_rel(p)}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "manual_seed" and \
+                    any(isinstance(a, ast.BinOp) for a in node.args):
+                found.append(f"{_rel(p)}:{node.lineno} manual_seed(<arithmetic>)")
+    assert found == ["rlexp/core/seeding.py:" + str(next(
+        i for i, line in enumerate((ROOT / "rlexp/core/seeding.py").read_text().splitlines(), 1)
+        if line.startswith("RUN_STRIDE =")))], found
+
+
+def test_every_stream_keeps_the_numbers_of_its_former_formula():
+    """Same seed, same numbers: each stream's seed is the formula its call site had before (pinned here)."""
+    from rlexp.core.seeding import (ACCEPTED_ORDER, MINIBATCH_ORDER, PROMPT_DRAW, ROLLOUT, WARMSTART_BATCHES,
+                                    derive_seed)
+    from rlexp.modules.data import step_generator
+
+    for s in (0, 1, 7, 123456, 2 ** 31 - 1, 2_000_000_000):
+        for i in (0, 1, 5, 999):
+            for salt, stream in ((1, MINIBATCH_ORDER), (2, WARMSTART_BATCHES), (3, ACCEPTED_ORDER)):
+                assert derive_seed(s, i, stream) == (s * 1_000_003 + i) * 7 + salt
+                assert step_generator(s, i, salt).initial_seed() == (s * 1_000_003 + i) * 7 + salt
+            for d in (0, 1, 4):
+                assert derive_seed(s, i, PROMPT_DRAW, d) == (s * 1_000_003 + i) * 7919 + d
+            assert derive_seed(s, i, ROLLOUT) == s * 1_000_003 + i
+
+
+def test_the_prompt_draw_is_unchanged_and_takes_every_valid_seed():
+    from rlexp.rollout import PromptPool
+    from rlexp.tasks.base import Example
+
+    examples = [Example(str(i), str(i)) for i in range(50)]
+    assert PromptPool(examples, seed=3).draw(6, iteration=2, draw=1) == [47, 32, 25, 28, 49, 41]
+    assert PromptPool(examples, seed=0).draw(4, iteration=0) == [44, 39, 7, 6]
+    # validation accepts seeds up to 2^32 - 1; (s · 1_000_003 + i) · 7919 overflowed manual_seed's 64 bits
+    top = PromptPool(examples, seed=2 ** 32 - 1).draw(4, iteration=3)
+    assert len(set(top)) == 4 and top == PromptPool(examples, seed=2 ** 32 - 1).draw(4, iteration=3)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rlexp.core.seeding import STEP_STRIDE, Stream, generator
+
 
 class IterationDataset(Dataset):
     def __init__(self, num_iterations: int, start: int = 0):
@@ -26,5 +28,7 @@ def iteration_loader(num_iterations: int, start: int = 0) -> DataLoader:
 
 
 def step_generator(seed: int, iteration: int, salt: int = 0) -> torch.Generator:
-    """A CPU generator for one iteration's random choices (prompt draw, minibatch order)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 7 + salt)
+    """A CPU generator for one iteration's random choices: the step stream ``salt`` of `rlexp.core.seeding`
+    (1 ``MINIBATCH_ORDER``, 2 ``WARMSTART_BATCHES``, 3 ``ACCEPTED_ORDER``; ``seeding.generator`` with the named
+    stream is the same generator)."""
+    return generator(seed, iteration, Stream(STEP_STRIDE, salt))

@@ -27,7 +27,7 @@ import logging
 
 import torch
 
-from rlexp.modules.data import step_generator
+from rlexp.core.seeding import ACCEPTED_ORDER, ROLLOUT, derive_seed, generator
 from rlexp.modules.offline import OfflineRunMixin, seeded
 from rlexp.modules.preference_data import to_jsonl
 from rlexp.modules.sft import SFTModule
@@ -69,7 +69,7 @@ class RejectionSamplingModule(OfflineRunMixin, SFTModule):
         self.round += 1
         idx = self.pool.draw(a.num_prompts, iteration=self.round - 1)
         examples = [self.task.train_examples[i] for i in idx]
-        with seeded(self.seed * 1_000_003 + self.round, self.device):
+        with seeded(derive_seed(self.seed, self.round, ROLLOUT), self.device):
             batch = generate_rollout(self.model, self.tokenizer, self.task, examples, num_generations=k,
                                      max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
         rows = self.accept(batch.scores)
@@ -78,7 +78,7 @@ class RejectionSamplingModule(OfflineRunMixin, SFTModule):
         pass_at_k = torch.tensor(exact).view(-1, k).amax(dim=1).mean().item()
         self.accepted = [{"prompt": batch.prompts[i], "completion": batch.completions[i],
                           "reward": float(batch.scores[i])} for i in rows]
-        g = step_generator(self.seed, self.round, salt=3)
+        g = generator(self.seed, self.round, ACCEPTED_ORDER)
         self.queue = []
         for _ in range(a.epochs_per_round):
             order = torch.randperm(len(rows), generator=g).tolist()

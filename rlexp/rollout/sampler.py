@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from rlexp.core import zero_std_groups
+from rlexp.core.seeding import PROMPT_DRAW, generator
 from rlexp.rollout.batch import RolloutBatch
 from rlexp.tasks.base import Example
 
@@ -34,7 +35,7 @@ class PromptPool:
 
     def draw(self, n: int, iteration: int, draw: int = 0) -> list[int]:
         """``n`` distinct pool indices (fewer if the pool is smaller), never a removed one."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + iteration) * 7919 + draw)
+        g = generator(self.seed, iteration, PROMPT_DRAW, draw)
         if not self.removed:
             return torch.randperm(len(self.examples), generator=g)[:n].tolist()
         active = [i for i in range(len(self.examples)) if i not in self.removed]

@@ -1,0 +1,62 @@
+"""How a run's ``seed`` becomes the seed of each of its random streams: the one home of that derivation.
+
+Every stream is keyed by ``(seed, iteration)`` (the iteration, or the rejection-sampling round, or the
+warm start's step) so that the same iteration sees the same random choices whatever came before it, which
+is what makes runs reproducible and resumable. With run seed ``s``, iteration ``i``, and a stream's
+``stride`` and ``index`` (plus ``draw``: the d-th draw of one iteration)::
+
+    derive_seed(s, i, stream, d) = ((s · 1_000_003 + i) · stride + index + d)  mod 2^64
+
+``s · 1_000_003 + i`` is distinct for every ``(s, i)`` with ``i < 1_000_003``; the stride (a prime) and the
+index keep the streams of one iteration apart. ``mod 2^64``: a generator takes 64 bits; below that (every
+seed the formulas gave before this module, for ``s < ~2.3e9``) the value is the formula's own, above it a
+run seed in ``[2.3e9, 2^32)`` (which validation accepts) no longer overflows ``manual_seed``.
+
+The streams (each the formula that its call site used before it came here, so same seed, same numbers):
+
+    stream              stride  index  used by
+    MINIBATCH_ORDER       7       1    online: the minibatch order of iteration i's update epochs
+    WARMSTART_BATCHES     7       2    the warm start's SFT: the examples of step i
+    ACCEPTED_ORDER        7       3    rejection sampling: the shuffles of round i's accepted completions
+    PROMPT_DRAW        7919       0    PromptPool: the prompts of iteration i, draw d (DAPO's dynamic sampling)
+    ROLLOUT               1       0    rejection sampling: ``torch.manual_seed`` while round i's completions
+                                       are sampled (under ``fork_rng``: the global streams are untouched)
+
+The first three are the *step streams* (stride 7, index = the ``salt`` of
+`rlexp.modules.data.step_generator`). Pure arithmetic and ``torch.Generator``: no Lightning, no config.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+#: spreads the run seeds apart: ``s · RUN_STRIDE + i`` is one number per (seed, iteration)
+RUN_STRIDE = 1_000_003
+#: the stride of the step streams (`rlexp.modules.data.step_generator`'s ``salt`` is their index)
+STEP_STRIDE = 7
+
+
+class Stream(NamedTuple):
+    """One random stream of a run: ``derive_seed`` multiplies ``s · RUN_STRIDE + i`` by ``stride`` and adds
+    ``index``."""
+    stride: int
+    index: int = 0
+
+
+MINIBATCH_ORDER = Stream(STEP_STRIDE, 1)
+WARMSTART_BATCHES = Stream(STEP_STRIDE, 2)
+ACCEPTED_ORDER = Stream(STEP_STRIDE, 3)
+PROMPT_DRAW = Stream(7919, 0)
+ROLLOUT = Stream(1, 0)
+
+
+def derive_seed(seed: int, iteration: int, stream: Stream, draw: int = 0) -> int:
+    """``((seed · RUN_STRIDE + iteration) · stream.stride + stream.index + draw) mod 2^64``: the seed of
+    ``stream`` at ``iteration`` (its ``draw``-th draw there) for run seed ``seed``."""
+    return ((seed * RUN_STRIDE + iteration) * stream.stride + stream.index + draw) % 2 ** 64
+
+
+def generator(seed: int, iteration: int, stream: Stream, draw: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with `derive_seed` ``(seed, iteration, stream, draw)``."""
+    return torch.Generator().manual_seed(derive_seed(seed, iteration, stream, draw))
