@@ -116,3 +116,89 @@ def test_every_schema_field_is_in_its_yaml():
 
     for node, schema in ((cfg.algorithm, OnlineAlgorithmConfig), (cfg.model, TinyModelConfig)):
         assert {f.name for f in dataclasses.fields(schema)} == set(OmegaConf.to_container(node)), schema
+
+
+# ------------------------------------------------------------------ schemas by kind (issue 14 item 2)
+def test_a_recipe_of_any_name_is_checked_by_its_module():
+    """`algorithm.name` is only a tag: the recipe's `module` picks its schema."""
+    with pytest.raises(ConfigError, match=r"^algorithm\.clip_eps=-1\.0 is out of range: must be > 0\.0$"):
+        validate(compose(["algorithm=grpo", "algorithm.name=mine", "algorithm.clip_eps=-1"]))
+    with pytest.raises(ConfigError, match=r"^algorithm\.beta=0\.0 is out of range"):
+        validate(compose(["algorithm=dpo", "algorithm.name=mine", "algorithm.beta=0"]))
+
+
+def test_the_refusal_of_a_renamed_recipe_comes_before_torch(tmp_path):
+    """`rlexp train algorithm=grpo algorithm.name=mine algorithm.clip_eps=-1`: exit 2 with one line naming the
+    key, decided before torch is imported (so well within a second), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rlexp.cli import main\ntry:\n    main(['train', 'algorithm=grpo', 'algorithm.name=mine', "
+            "'algorithm.clip_eps=-1', 'tracking=none'])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.stdout.split() == ["2", "False"], (p.stdout, p.stderr[-2000:])
+    assert p.stderr.strip().splitlines() == ["rlexp: config error: algorithm.clip_eps=-1.0 is out of range: "
+                                             "must be > 0.0"], p.stderr[-2000:]
+
+
+def _user_recipes(root: Path) -> str:
+    """my_conf/algorithm/{mine,my_dpo,bare}.yaml; returns the search-path override."""
+    (root / "my_conf" / "algorithm").mkdir(parents=True)
+    (root / "my_conf" / "algorithm" / "mine.yaml").write_text(
+        "defaults:\n  - grpo\n  - _self_\n# my recipe\nname: mine\n# ε of the clipped ratio\nclip_eps: -0.5\n")
+    (root / "my_conf" / "algorithm" / "my_dpo.yaml").write_text(
+        "defaults:\n  - dpo\n  - _self_\n# my recipe\nname: my_dpo\n# a label smoothing\nlabel_smoothing: 0.7\n")
+    (root / "my_conf" / "algorithm" / "bare.yaml").write_text("# my recipe\nname: bare\n# ε\nclip_eps: 0.2\n")
+    return "hydra.searchpath=[file://./my_conf]"
+
+
+def test_a_users_recipe_on_the_search_path_is_checked_by_its_module(in_tmp):
+    searchpath = _user_recipes(in_tmp)
+    with pytest.raises(ConfigError, match=r"^algorithm\.clip_eps=-0\.5 is out of range"):
+        validate(compose([searchpath, "algorithm=mine"]))
+    validate(compose([searchpath, "algorithm=mine", "algorithm.clip_eps=0.15"]))
+    with pytest.raises(ConfigError, match=r"^algorithm\.label_smoothing=0\.7 is out of range: must be >= 0\.0 and < 0\.5"):
+        validate(compose([searchpath, "algorithm=my_dpo"]))
+    with pytest.raises(ConfigError) as e:  # no module, declared or inherited
+        validate(compose([searchpath, "algorithm=bare"]))
+    assert str(e.value) == ("algorithm.module is missing (algorithm=bare): every algorithm option is checked by its "
+                            "module; known: online, dpo, rejection_sampling, sft")
+
+
+def test_a_module_without_a_schema_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigError, match=r"^algorithm\.module=mine has no schema \(algorithm=ppo\): .*known: "
+                                          r"online, dpo, rejection_sampling, sft$"):
+        validate(compose(["algorithm.module=mine"]))
+
+
+def test_every_module_builder_has_a_schema():
+    from rlexp.config.schema import SCHEMAS
+    from rlexp.modules.builders import MODULE_BUILDERS
+
+    assert sorted(SCHEMAS["algorithm"]) == sorted(MODULE_BUILDERS.names())
+
+
+def test_a_model_of_any_name_is_checked_by_its_kind():
+    """Every model but `tiny` is loaded from `model.name_or_path` (rlexp.warmstart.prepare_model_dir), and is
+    checked as such whatever its name."""
+    validate(compose(["model=hf", "model.name=mine", "model.name_or_path=."]))
+    with pytest.raises(ConfigError, match=r"^model\.dtype=float8 is not a known option"):
+        validate(compose(["model=hf", "model.name=mine", "model.name_or_path=.", "model.dtype=float8"]))
+    with pytest.raises(ConfigError, match=r"^model\.hidden_size: .*\(model\.name=mine: checked as HFModelConfig\)$"):
+        validate(compose(["model.name=mine"]))  # tiny's keys under another name: it would be loaded from a path
+
+
+def test_a_task_is_checked_by_its_class(in_tmp, monkeypatch):
+    """The built-in Task classes by their schema whatever the option's name; a user's own Task class passes
+    through to its own constructor (its keys are its own), once it can be imported."""
+    with pytest.raises(ConfigError, match=r"^task\.num_eval=0 is out of range"):
+        validate(compose(["task.name=mine", "task.num_eval=0"]))
+    with pytest.raises(ConfigError, match=r"^task: Error locating target 'nowhere\.Task' \(task\._target_\)"):
+        validate(compose(["task._target_=nowhere.Task"]))
+    (in_tmp / "my_tasks.py").write_text("from rlexp.tasks.arithmetic import ArithmeticTask as MyTask\n")
+    (in_tmp / "my_conf" / "task").mkdir(parents=True)
+    (in_tmp / "my_conf" / "task" / "mine.yaml").write_text(
+        "# my task\n_target_: my_tasks.MyTask\n# its name\nname: mine\n# a key of my own\ndifficulty: 3\n")
+    monkeypatch.syspath_prepend(str(in_tmp))
+    validate(compose(["hydra.searchpath=[file://./my_conf]", "task=mine"]))

@@ -1,4 +1,4 @@
-"""Structured-config schemas: one dataclass per config group option.
+"""Structured-config schemas: one dataclass per kind of config group option (``SCHEMAS``, ``KINDS``).
 
 The YAML files in ``conf/`` hold the defaults and the documentation of every key; the dataclasses
 here hold the *types* and the *allowed values* (``metadata=``). ``rlexp.config.validate`` merges the
@@ -224,17 +224,35 @@ class TrainerConfig:
     save_policy: bool = True
 
 
-#: group -> {option name (the YAML's `name:` key) -> schema}. A group option with no schema here
-#: (a user's own task, say) is not type-checked beyond what its own code does.
+def model_kind(node) -> str:
+    """``tiny`` (the embedded model, built locally) or ``hf`` (every other option: loaded from
+    ``model.name_or_path``), the rule ``rlexp.warmstart.prepare_model_dir`` builds the model by."""
+    return "tiny" if node.get("name") == "tiny" else "hf"
+
+
+#: group -> {the kind of an option -> its schema}; ``"*"``: one schema for every option of the group. What
+#: an option's kind is, is said by ``KINDS``: so a user's own recipe (``algorithm.module: online``, or
+#: inherited with ``defaults: [grpo]``) is checked like rlexp's own.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "algorithm": {**{name: OnlineAlgorithmConfig for name in ("ppo", "grpo", "dr_grpo", "dapo", "gspo", "rloo",
-                                                             "scalerl", "sapo", "reinforce_pp")},
-                  "dpo": DPOConfig, "rejection_sampling": RejectionSamplingConfig, "sft": SFTConfig},
-    "model": {"tiny": TinyModelConfig, "hf": HFModelConfig, "smollm2": HFModelConfig},
-    "task": {"arithmetic": ArithmeticTaskConfig, "arithmetic_chat": ArithmeticChatTaskConfig},
+    "algorithm": {"online": OnlineAlgorithmConfig, "dpo": DPOConfig, "rejection_sampling": RejectionSamplingConfig,
+                  "sft": SFTConfig},
+    "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
+    "task": {"rlexp.tasks.arithmetic.ArithmeticTask": ArithmeticTaskConfig,
+             "rlexp.tasks.arithmetic_chat.ArithmeticChatTask": ArithmeticChatTaskConfig},
     "hardware": {"*": HardwareConfig},
     "tracking": {"*": TrackingConfig},
     "rollout": {"*": RolloutConfig},
     "trainer": {"*": TrainerConfig},
     "checkpoint": {"*": CheckpointConfig},
 }
+
+#: group -> (the key that says an option's kind, how it is read from the group's node)
+KINDS = {
+    "algorithm": ("algorithm.module", lambda node: node.get("module")),  # the LightningModule builder
+    "model": ("model.name", model_kind),
+    "task": ("task._target_", lambda node: node.get("_target_")),  # the Task class
+}
+
+#: groups whose options may be of a kind without a schema: a user's own Task class (``task._target_``)
+#: takes its own keys, which its constructor checks when the task is built
+OPEN_KINDS = {"task": "your own Task class, whose constructor checks its keys"}

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlexp.config.schema import SCHEMAS
+from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind
 
 
 class ConfigError(ValueError):
@@ -65,8 +65,9 @@ def _check_node(prefix: str, node: DictConfig, schema: type, registry_checks: li
         _check_field(key, value, dict(f.metadata), registry_checks)
 
 
-def _typed(group: str, node: DictConfig, schema: type) -> DictConfig:
-    """Merge a group's node into its schema: wrong types, unknown and missing keys fail here."""
+def _typed(group: str, node: DictConfig, schema: type, picked: str = "") -> DictConfig:
+    """Merge a group's node into its schema: wrong types, unknown and missing keys fail here (``picked``: by
+    what the schema was chosen, said after the error)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node)
         OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
@@ -74,7 +75,7 @@ def _typed(group: str, node: DictConfig, schema: type) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         msg = str(e).splitlines()[0]
-        raise ConfigError(f"{group}.{key}: {msg}" if key else f"{group}: {msg}") from None
+        raise ConfigError((f"{group}.{key}: {msg}" if key else f"{group}: {msg}") + picked) from None
 
 
 def _check_registries(checks: list) -> None:
@@ -173,7 +174,7 @@ def _check_combinations(cfg: DictConfig) -> None:
     m = cfg.get("model")
     if m is not None and "hidden_size" in m and "num_heads" in m and m.hidden_size % m.num_heads:
         raise ConfigError(f"model.hidden_size={m.hidden_size} must be divisible by model.num_heads={m.num_heads}")
-    if m is not None and m.get("name") in SCHEMAS["model"] and "name_or_path" in m:
+    if m is not None and model_kind(m) == "hf":
         from rlexp.config.paths import ModelPathError, resolve_gguf_file, resolve_model_dir
 
         try:  # a directory, or pkg://<module>; and the GGUF file in it when model.gguf_file is set
@@ -249,7 +250,7 @@ def _check_task(cfg: DictConfig) -> None:
     budget) run when the task is built; build it here, before any run exists, with the default reward
     (the configured one is imported when the run builds the task)."""
     t = cfg.get("task")
-    if t is None or t.get("name") not in SCHEMAS["task"] or "_target_" not in t:
+    if t is None or t.get("_target_") not in SCHEMAS["task"]:  # a user's own Task checks itself when built
         return
     from hydra.utils import instantiate
 
@@ -276,9 +277,10 @@ def import_path_hint(target: str) -> str:
             f"`python -m rlexp train` does): run `PYTHONPATH=. rlexp train ...` or `python -m rlexp train ...`")
 
 
-def _check_reward_target(t) -> None:
-    """``task.reward._target_`` can be imported (the user's reward runs only when the task is built)."""
-    target = OmegaConf.select(t, "reward._target_", default=None)
+def _check_reward_target(t, key: str = "reward._target_") -> None:
+    """``task.reward._target_`` (or the task's own ``_target_``, ``key``) can be imported (the user's reward
+    runs only when the task is built)."""
+    target = OmegaConf.select(t, key, default=None)
     if not isinstance(target, str):
         return
     from hydra._internal.utils import _locate
@@ -287,7 +289,7 @@ def _check_reward_target(t) -> None:
         _locate(target)
     except Exception as e:  # noqa: BLE001 - ImportError, or an error raised by the module itself
         why = " ".join(str(e).split()).removeprefix(f"Error loading '{target}': ") or type(e).__name__
-        raise ConfigError(f"task: Error locating target '{target}' (task.reward._target_): {why[:300]}; "
+        raise ConfigError(f"task: Error locating target '{target}' (task.{key}): {why[:300]}; "
                           f"{import_path_hint(target)}") from None
 
 
@@ -301,6 +303,23 @@ def _float_values(cfg: DictConfig) -> None:
             r[key] = float(r[key])
 
 
+def _schema_of(group: str, node: DictConfig, options: dict) -> type | None:
+    """The schema of a group's option, by its kind (``schema.KINDS``); ``None`` only for a kind of an open
+    group that rlexp does not know (a user's own Task class)."""
+    if "*" in options:
+        return options["*"]
+    key, kind_of = KINDS[group]
+    kind = kind_of(node)
+    if kind in options:
+        return options[kind]
+    if group in OPEN_KINDS and isinstance(kind, str) and kind:
+        return None
+    known = ", ".join(options) + (f"; or {OPEN_KINDS[group]}" if group in OPEN_KINDS else "")
+    said = f"{key}={_fmt(kind)} has no schema" if kind is not None else f"{key} is missing"
+    raise ConfigError(f"{said} ({group}={_fmt(node.get('name'))}): every {group} option is checked by its "
+                      f"{key.split('.', 1)[1]}; known: {known}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every group of ``cfg`` against its schema; raise ``ConfigError`` on the first problem."""
     registry_checks: list = []
@@ -308,11 +327,12 @@ def validate(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if node is None:
             raise ConfigError(f"{group}: missing from the config")
-        name = node.get("name", None)
-        schema = options.get("*") or options.get(name)
+        schema = _schema_of(group, node, options)
         if schema is None:
             continue
-        typed = _typed(group, node, schema)
+        key = KINDS[group][0] if group in KINDS else ""
+        picked = f" ({key}={_fmt(node.get(key.split('.', 1)[1]))}: checked as {schema.__name__})" if key else ""
+        typed = _typed(group, node, schema, picked)
         _check_node(group, typed, schema, registry_checks)
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed < SEED_LIMIT:
         raise ConfigError(f"seed={_fmt(cfg.get('seed'))} must be an integer in [0, 2^32 - 1] (numpy's seed range)")
@@ -322,6 +342,7 @@ def validate(cfg: DictConfig) -> None:
     _check_combinations(cfg)
     _check_task(cfg)
     if cfg.get("task") is not None:
+        _check_reward_target(cfg.task, "_target_")
         _check_reward_target(cfg.task)
     _check_registries(registry_checks)
     if "advantage" in cfg.algorithm:
