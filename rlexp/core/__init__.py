@@ -26,7 +26,7 @@ from .logprobs import entropy_from_logits, logprobs_from_logits
 from .losses import POLICY_LOSSES, PolicyLoss, policy_loss, ppo_policy_loss, value_loss
 from .policy_losses import cispo_policy_loss, gspo_policy_loss, sapo_policy_loss
 from .registry import Registry
-from .shaping import overlong_penalty
+from .shaping import add_overlong_penalty, overlong_penalty
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "AdvantageEstimator",
     "PolicyLoss",
     "Registry",
+    "add_overlong_penalty",
     "aggregate", "aggregation_denominator",
     "cispo_policy_loss",
     "discounted_returns",

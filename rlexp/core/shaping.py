@@ -1,7 +1,7 @@
 """Reward shaping on completion lengths.
 
-Functions map per-completion lengths ``[B]`` to an additive reward term ``[B]``
-(the caller adds it to the sequence reward, e.g. on the last masked token).
+``overlong_penalty`` maps per-completion lengths ``[B]`` to an additive reward term ``[B]``;
+``add_overlong_penalty`` adds it to a batch's sequence reward (on the last masked token) and scores.
 """
 
 from __future__ import annotations
@@ -35,3 +35,21 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, penalty: float)
     zero = torch.zeros((), dtype=dtype, device=L.device)
     full = torch.full((), -float(penalty), dtype=dtype, device=L.device)
     return torch.where(L <= start, zero, torch.where(L <= max_len, ramp, full))
+
+
+def add_overlong_penalty(token_rewards: Tensor, scores: Tensor, mask: Tensor, max_len: int, buffer: int,
+                         penalty: float) -> tuple[Tensor, Tensor]:
+    """DAPO's overlong shaping of a batch: ``R(|y|)`` of :func:`overlong_penalty`, with ``|y| = Σ_t mask``,
+    added to the reward of each row's last masked token and to its score.
+
+    token_rewards ``[B, T]``, scores ``[B]``, mask ``[B, T]`` (ones a prefix of each row) ->
+    ``(token_rewards', scores')`` of the same shapes and dtypes, new tensors (the inputs are left as they
+    are): ``token_rewards'[i, |y_i| - 1] = token_rewards[i, |y_i| - 1] + R(|y_i|)`` (position 0 when
+    ``|y_i| = 0``), ``scores' = scores + R(|y|)``.
+    """
+    lengths = mask.sum(1)
+    shaped = overlong_penalty(lengths, max_len, buffer, penalty)
+    last = (lengths.long() - 1).clamp(min=0)
+    token_rewards = token_rewards.clone()
+    token_rewards[torch.arange(token_rewards.shape[0], device=last.device), last] += shaped.to(token_rewards.dtype)
+    return token_rewards, scores + shaped.to(scores.dtype)

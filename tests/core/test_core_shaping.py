@@ -1,9 +1,10 @@
-"""overlong_penalty (DAPO soft overlong punishment): reference loop, hand cases, knobs."""
+"""overlong_penalty (DAPO soft overlong punishment): reference loop, hand cases, knobs; add_overlong_penalty
+applied to a batch's last-token rewards and scores."""
 
 import pytest
 import torch
 
-from rlexp.core import overlong_penalty
+from rlexp.core import add_overlong_penalty, overlong_penalty
 
 LENGTHS = [0, 1, 11, 12, 13, 15, 16, 17, 19, 20, 21, 40]
 
@@ -53,3 +54,23 @@ def test_no_mutation_and_device_dtype_kept():
 def test_invalid_arguments(max_len, buffer, penalty):
     with pytest.raises(ValueError, match="buffer" if penalty >= 0 else "penalty"):
         overlong_penalty(torch.tensor([1]), max_len, buffer, penalty)
+
+
+def test_the_batch_penalty_lands_on_each_rows_last_token_and_its_score(ref):
+    """R(|y|) added to the reward of the last masked token (position 0 for an empty row) and to the score;
+    every other entry and the inputs unchanged."""
+    lengths = [0, 2, 5, 7, 8]
+    T = 8
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths])
+    token_rewards = torch.arange(len(lengths) * T, dtype=torch.float32).reshape(len(lengths), T) / 10
+    scores = torch.tensor([0.5, 1.0, 0.0, 1.0, 0.25])
+    inputs = token_rewards.clone(), scores.clone(), mask.clone()
+    got_rewards, got_scores = add_overlong_penalty(token_rewards, scores, mask, 6, 3, 1.0)
+    want_rewards = token_rewards.clone()
+    for b, n in enumerate(lengths):
+        want_rewards[b, max(n - 1, 0)] += ref.overlong(n, 6, 3, 1.0)
+    torch.testing.assert_close(got_rewards, want_rewards)
+    torch.testing.assert_close(got_scores, scores + torch.tensor([ref.overlong(n, 6, 3, 1.0) for n in lengths]))
+    assert got_rewards.dtype == token_rewards.dtype and got_scores.dtype == scores.dtype
+    assert all(torch.equal(x, x0) for x, x0 in zip((token_rewards, scores, mask), inputs))  # inputs left alone
+    assert (got_rewards != token_rewards).sum() == 3  # lengths 5, 7 and 8 are past L_max - L_cache = 3
