@@ -60,3 +60,33 @@ def test_cat_repads_prompts_left_and_responses_right():
     assert out.prompt_ids.shape == (4, 3) and out.response_ids.shape == (4, 4)
     assert out.prompt_mask[0].tolist() == [0, 0, 1] and out.mask[0].tolist() == [1, 1, 0, 0]
     assert out.select([3, 0]).prompts == ["b0", "a0"]
+
+
+def test_remove_solved_prunes_the_groups_whose_pass_rate_reached_the_threshold():
+    """ScaleRL's no-positive-resampling on the task's verdicts (not the shaped scores), over the scorable
+    completions only; with a gather (several workers), every worker's solved prompts leave the pool."""
+    pool = PromptPool([Example(str(i), str(i)) for i in range(10)], seed=0)
+    batch = _batch([1, 1, 1, 0, 0, 0, 1, 0], "p")  # groups (prompt_index 0..3) of 2: pass rates 1, .5, 0, .5
+    batch.prompt_index = [7, 7, 3, 3, 5, 5, 2, 2]
+    assert pool.remove_solved(batch, 2, 1.0, 0.5) == 3 and pool.removed == {7, 3, 2}
+    assert pool.remove_solved(batch, 2, 1.0, 0.5) == 0  # removed for good, counted once
+    pool = PromptPool(pool.examples, seed=0)
+    assert pool.remove_solved(batch, 2, 1.0, 1.0) == 1 and pool.removed == {7}
+    pool = PromptPool(pool.examples, seed=0)  # pass_reward: a verdict of 0.5 passes 0.5
+    assert pool.remove_solved(batch, 2, 0.0, 1.0) == 4
+    # shaped scores do not count, verdicts do; a failed row leaves its group's pass rate
+    shaped = _batch([0.6, 0.6, 0.4, 1, 0, 0, 0, 0], "s")
+    shaped.prompt_index = batch.prompt_index
+    shaped.task_scores = torch.tensor([1.0, 1, 1, 0, 0, 0, 0, 0])
+    shaped.reward_failed = torch.tensor([False, False, False, True, False, False, False, False])
+    pool = PromptPool(pool.examples, seed=0)
+    assert pool.remove_solved(shaped, 2, 1.0, 1.0) == 2 and pool.removed == {7, 3}
+    # two workers: this one solved prompt 7, the other prompts 9 and 7
+    seen = []
+
+    def gather(solved):
+        seen.append(solved)
+        return [solved, [9, 7]]
+    pool = PromptPool(pool.examples, seed=0)
+    assert pool.remove_solved(batch, 2, 1.0, 1.0, gather=gather) == 2
+    assert seen == [[7]] and pool.removed == {7, 9}

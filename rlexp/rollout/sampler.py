@@ -3,7 +3,8 @@
 ``PromptPool`` draws ``n`` distinct prompts for (iteration, draw) with a generator seeded by
 ``(seed, iteration, draw)`` — the same iteration always sees the same prompts, which keeps runs
 reproducible and resumable. ScaleRL's *no-positive-resampling* removes a prompt for good once the
-pass rate of its group reaches a threshold (``remove``); the removed set is part of the run state.
+pass rate of its group reaches a threshold (``remove_solved``; with several workers, every worker removes
+every worker's solved prompts, so the pools stay equal); the removed set is part of the run state.
 
 ``collect_groups`` implements DAPO's *dynamic sampling* (Yu et al. 2025, eq. 11: keep a group iff
 0 < #correct < G): keep drawing batches of prompts, drop groups whose task verdicts (the reward before
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from rlexp.core import zero_std_groups
+from rlexp.core import group_pass_rate, zero_std_groups
 from rlexp.core.seeding import PROMPT_DRAW, generator
 from rlexp.rollout.batch import RolloutBatch
 from rlexp.tasks.base import Example
@@ -46,6 +47,20 @@ class PromptPool:
 
     def remove(self, indices) -> None:
         self.removed.update(int(i) for i in indices if i >= 0)
+
+    def remove_solved(self, batch: RolloutBatch, group_size: int, pass_reward: float, threshold: float, *,
+                      gather: Callable[[list[int]], list[list[int]]] | None = None) -> int:
+        """ScaleRL's no-positive-resampling: remove the prompts of ``batch`` whose group's pass rate (the share
+        of its scorable completions whose task verdict is at least ``pass_reward``) reached ``threshold``.
+        ``gather(this worker's solved prompts) -> every worker's`` (an all-gather; None with one worker).
+        Returns how many prompts left the pool."""
+        rate = group_pass_rate(batch.verdicts(), group_size, pass_reward, valid=batch.valid_rows())
+        solved = [batch.prompt_index[g * group_size] for g in (rate >= threshold).nonzero().flatten().tolist()]
+        if gather is not None:
+            solved = [i for part in gather(solved) for i in part]
+        before = self.size
+        self.remove(solved)
+        return before - self.size
 
     def state_dict(self) -> dict:
         return {"removed": sorted(self.removed)}
