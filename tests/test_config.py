@@ -202,3 +202,49 @@ def test_a_task_is_checked_by_its_class(in_tmp, monkeypatch):
         "# my task\n_target_: my_tasks.MyTask\n# its name\nname: mine\n# a key of my own\ndifficulty: 3\n")
     monkeypatch.syspath_prepend(str(in_tmp))
     validate(compose(["hydra.searchpath=[file://./my_conf]", "task=mine"]))
+
+
+# ------------------------------------------------------------------ ranges stated once (issue 14 item 4)
+def test_no_yaml_comment_restates_a_range_its_schema_holds():
+    """The schema is the one home of a key's range: the comment above a key with bounds says what it means."""
+    from config_reference import RANGE_IN_PROSE, option_comments
+
+    seen, restated = set(), []
+    for path, key, comment, field in option_comments():
+        bounds = {k: v for k, v in field.metadata.items() if k in ("ge", "gt", "le", "lt")}
+        seen.add(key)
+        if bounds and RANGE_IN_PROSE.search(comment):
+            restated.append(f"{Path(path).relative_to(CONF_DIR)}: {key} {bounds}: {comment}")
+    assert {"gamma", "lam", "clip_eps", "lora.r", "warmstart.target_accuracy", "micro_batch_size", "top_p",
+            "max_bad_steps", "num_eval"} <= seen  # every kind of file is read
+    assert not restated, "ranges restated in YAML comments (the schema states them):\n" + "\n".join(restated)
+
+
+def test_range_in_prose_recognises_the_usual_forms():
+    from config_reference import RANGE_IN_PROSE
+
+    for text in ("(≥ 0)", "(> 0); null = none", "discount γ in [0, 1]; 1.0", "threshold in (0, 1]", "ε in [0, 0.5)",
+                 "β ≥ 0; 0 skips", "c > 1 for negative advantages", "(≥ 1, divisible by num_heads)"):
+        assert RANGE_IN_PROSE.search(text), text
+    for text in ("0.24 -> 0.06 at lr 1e-4", "scoring ≥ threshold", "(≥ min_operand)", "two or more"):
+        assert not RANGE_IN_PROSE.search(text), text
+
+
+def test_the_config_reference_is_up_to_date():
+    """docs/config.md: every key's type, range (from its schema), default and comment; regenerate it with
+    `python tests/config_reference.py > docs/config.md`."""
+    from config_reference import markdown
+
+    written = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    assert written == markdown(), "docs/config.md is stale: python tests/config_reference.py > docs/config.md"
+
+
+def test_the_config_reference_shows_each_range_from_the_schema():
+    from config_reference import markdown
+
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in markdown().splitlines()
+            if line.startswith("| `")}
+    assert rows["gamma"][2] == "[0, 1]" and rows["clip_eps"][2] == "> 0" and rows["label_smoothing"][2] == "[0, 0.5)"
+    assert rows["top_p"][2] == "(0, 1]" and rows["max_bad_steps"][2] == "≥ 0" and rows["lora.r"][2] == "≥ 1"
+    assert rows["kl_estimator"][2] == "a name in `rlexp.core.KL_ESTIMATORS`"
+    assert "grpo: `0.04`" in rows["kl_coef"][4]  # what each recipe sets
