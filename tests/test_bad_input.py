@@ -180,7 +180,28 @@ def test_an_integer_temperature_is_taken_as_a_float():
     assert type(cfg.rollout.top_p) is float
 
 
-if __name__ == "__main__":  # the README table, with the messages as they are
+DOC = Path(__file__).resolve().parent.parent / "docs" / "troubleshooting.md"
+_HEADER = "| what is wrong | example | exit | message |"
+
+
+def _doc_table_bounds(lines: list[str]) -> tuple[int, int]:
+    """``[start, end)`` of the table's lines in docs/troubleshooting.md (header and separator included)."""
+    start = lines.index(_HEADER)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return start, end
+
+
+def test_the_troubleshooting_doc_lists_every_case_in_order():
+    """docs/troubleshooting.md is this table (regenerate it with `python tests/test_bad_input.py`)."""
+    lines = DOC.read_text().splitlines()
+    start, end = _doc_table_bounds(lines)
+    listed = [line[2:].split(" | ")[0] for line in lines[start + 2:end]]
+    assert listed == [what for what, *_ in TABLE], "docs/troubleshooting.md is stale: python tests/test_bad_input.py"
+
+
+if __name__ == "__main__":  # docs/troubleshooting.md's table, with the messages as they are
     import tempfile
 
     class _Cap:  # a minimal capsys stand-in for running outside pytest
@@ -200,7 +221,11 @@ if __name__ == "__main__":  # the README table, with the messages as they are
                 rows.append((what, overrides, code, line.replace(str(tmp), "…")))
         finally:
             sys.stderr = real
-    print("| what is wrong | example | exit | message |\n| --- | --- | --- | --- |")
+    table = [_HEADER, "| --- | --- | --- | --- |"]
     for what, overrides, code, line in rows:
         ex = " ".join(o.replace("{tmp}", "…") for o in overrides)
-        print(f"| {what} | `{ex}` | {code} | `{line.replace('|', '/')[:420]}` |")
+        table.append(f"| {what} | `{ex}` | {code} | `{line.replace('|', '/')[:420]}` |")
+    lines = DOC.read_text().splitlines()
+    start, end = _doc_table_bounds(lines)
+    DOC.write_text("\n".join(lines[:start] + table + lines[end:]) + "\n")
+    print(f"wrote {len(rows)} rows into {DOC}")
