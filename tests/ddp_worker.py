@@ -4,7 +4,8 @@
 
 For each case: builds the run's module exactly as `rlexp train` does (same seed, same weights), feeds it
 this worker's contiguous share of the case's fixed rollout batch, runs one iteration under Lightning's
-DDP strategy over gloo, and saves the parameters and logged metrics (rank 0) for the test to compare.
+DDP strategy over gloo, and saves the parameters and logged metrics (rank 0) and each worker's removed prompts
+(no-positive-resampling) for the test to compare.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def main() -> None:
         n = batch.size // world
         share = batch.select(list(range(rank * n, (rank + 1) * n)))
         module = one_iteration(overrides + ["hardware=ddp_cpu", f"hardware.devices={world}"], share)
+        (out / f"{name}.removed{rank}.json").write_text(json.dumps(sorted(module.pool.removed)))
         if rank == 0:
             torch.save({"params": {k: v.detach().clone() for k, v in module.named_parameters()}, "grads": module.grads,
                         "metrics": next(h for h in module.history if "train/policy_loss" in h)},

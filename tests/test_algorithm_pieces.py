@@ -114,10 +114,10 @@ def test_reinforce_pp_advantages_are_the_whitened_returns_of_the_kl_penalized_re
                              num_generations=1, max_new_tokens=4)
     exp = module.make_experience(batch)
     mask = batch.mask
-    kl = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], "k1") * mask
+    kl = core.kl_estimate(exp.old_logprobs, exp.ref_logprobs, "k1") * mask
     assert kl.abs().sum() > 0
-    torch.testing.assert_close(exp["rewards"], batch.token_rewards - 0.3 * kl)
-    returns = core.discounted_returns(exp["rewards"], mask, 1.0)
-    torch.testing.assert_close(exp["raw_advantages"], returns)
-    torch.testing.assert_close(exp["advantages"], core.masked_whiten(returns, mask))
-    assert "zero_std_rows" not in exp  # one completion per prompt: no groups
+    torch.testing.assert_close(exp.rewards, batch.token_rewards - 0.3 * kl)
+    returns = core.discounted_returns(exp.rewards, mask, 1.0)
+    torch.testing.assert_close(exp.raw_advantages, returns)
+    torch.testing.assert_close(exp.advantages, core.masked_whiten(returns, mask))
+    assert exp.zero_std_rows is None  # one completion per prompt: no groups

@@ -21,8 +21,10 @@ CASES = {
     # two epochs over one minibatch: the old log-probs come from a separate pass, the second epoch is off-policy
     "grpo-token-mean": GRPO + ["algorithm.loss_agg=token-mean", "algorithm.ppo_epochs=2"],
     "grpo-seq-mean-token-mean": GRPO + ["algorithm.loss_agg=seq-mean-token-mean", "algorithm.ppo_epochs=2"],
-    # one epoch: the single-pass path (old log-probs from the update's own forward)
-    "grpo-prompt-mean": GRPO + ["algorithm.loss_agg=prompt-mean", "algorithm.ppo_epochs=1"],
+    # one epoch: the single-pass path (old log-probs from the update's own forward); ScaleRL's pruning after
+    # the update (pass_reward 0: every prompt is solved, on whichever worker its group was)
+    "grpo-prompt-mean": GRPO + ["algorithm.loss_agg=prompt-mean", "algorithm.ppo_epochs=1",
+                                "algorithm.no_positive_resampling=true", "algorithm.pass_reward=0.0"],
     # actor + critic, GAE, advantages whitened over the whole batch, KL in the reward
     "ppo-token-mean": ["algorithm.prompts_per_step=8", "algorithm.minibatch_size=8", "algorithm.ppo_epochs=2",
                        "algorithm.actor_lr=1e-3", "algorithm.critic_lr=1e-3", "algorithm.kl_coef=0.1",
@@ -98,6 +100,10 @@ def test_two_cpu_processes_make_the_update_of_one_process_with_the_whole_batch(t
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     for name, (module, metrics) in single.items():
         _assert_same_update(torch.load(out / f"{name}.pt", weights_only=False), module, metrics, name)
+        # no-positive-resampling: every worker removes every worker's solved prompts, so the pools stay equal
+        removed = [json.loads((out / f"{name}.removed{r}.json").read_text()) for r in range(2)]
+        assert removed == [sorted(module.pool.removed)] * 2, (name, removed)
+    assert len(single["grpo-prompt-mean"][0].pool.removed) == 4  # the 4 prompts, 2 on each worker
 
 
 @pytest.mark.parametrize("case", ["grpo-token-mean", "grpo-prompt-mean", "ppo-token-mean"])

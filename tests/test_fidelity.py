@@ -16,6 +16,7 @@ from rlexp.cli import main
 from rlexp.config import ConfigError, validate
 from rlexp.config.knobs import inactive_knobs
 from rlexp.models import response_logits
+from rlexp.modules.online_metrics import mismatch_metrics
 from rlexp.rollout import collect_groups, generate_rollout
 from rlexp.rollout.batch import RolloutBatch, encode_prompts
 from rlexp.rollout.generate import sample
@@ -90,19 +91,19 @@ def test_old_reference_logprobs_and_entropies_score_softmax_of_logits_over_t():
     mask, ids = batch.mask, batch.response_ids
     actor = response_logits(module.actor, **batch.tensors()) / 0.7
     ref = response_logits(module.reference, **batch.tensors()) / 0.7
-    torch.testing.assert_close(exp["old_logprobs"] * mask, _picked(actor, ids, mask), atol=1e-5, rtol=0)
-    torch.testing.assert_close(exp["old_logprobs"] * mask, batch.rollout_logprobs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(exp["ref_logprobs"] * mask, _picked(ref, ids, mask), atol=1e-5, rtol=0)
-    torch.testing.assert_close(exp["rollout_entropy"] * mask, core.entropy_from_logits(actor) * mask, atol=1e-5,
+    torch.testing.assert_close(exp.old_logprobs * mask, _picked(actor, ids, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exp.old_logprobs * mask, batch.rollout_logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exp.ref_logprobs * mask, _picked(ref, ids, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(exp.rollout_entropy * mask, core.entropy_from_logits(actor) * mask, atol=1e-5,
                                rtol=0)
-    _, metrics = module._minibatch_loss(module._take(exp, torch.arange(4)))
+    _, metrics, _ = module._minibatch_loss(exp.take(torch.arange(4)))
     want = core.masked_mean(core.entropy_from_logits(actor[:4]), mask[:4])
     assert metrics["entropy"] == pytest.approx(want.item(), abs=1e-5)
-    mismatch = module._mismatch_metrics(batch, exp)
+    mismatch = mismatch_metrics(exp)
     assert mismatch["train/rollout_mismatch_kl"] < 1e-6
     # the metric sees the old bug: log-probs scored at T = 1 for completions sampled at T = 0.7
     module.temperature = 1.0
-    assert module._mismatch_metrics(batch, module.make_experience(batch))["train/rollout_mismatch_kl"] > 1e-3
+    assert mismatch_metrics(module.make_experience(batch))["train/rollout_mismatch_kl"] > 1e-3
 
 
 @pytest.mark.parametrize("minibatch", [4, 8], ids=["two-pass", "single-pass"])
@@ -149,11 +150,11 @@ SCORES = [1, 1, 1, 0, 1, 0, 1, 0]  # groups: [1, 1, 1, failed], [1, 0, 1, failed
 def test_unscorable_completions_leave_the_group_and_batch_statistics(extra, want_group_1):
     _, module = build(GROUPS + extra)
     exp = module.make_experience(_crafted(module, SCORES, FAILS))
-    adv = exp["raw_advantages"][:, 0]
+    adv = exp.raw_advantages[:, 0]
     torch.testing.assert_close(adv[:4], torch.zeros(4))  # [1, 1, 1, failed]: no signal at all
     torch.testing.assert_close(adv[4:7], want_group_1.float(), atol=1e-5, rtol=0)
-    assert adv[7] == 0 and exp["loss_mask"][[3, 7]].sum() == 0
-    assert exp["zero_std_rows"].tolist() == [1.0] * 4 + [0.0] * 4
+    assert adv[7] == 0 and exp.loss_mask[[3, 7]].sum() == 0
+    assert exp.zero_std_rows.tolist() == [1.0] * 4 + [0.0] * 4
 
 
 def test_unscorable_completions_leave_the_whitening_statistics():
@@ -161,14 +162,14 @@ def test_unscorable_completions_leave_the_whitening_statistics():
     batch = _crafted(module, [1, 0, 1, 1, 0, 1, 0, 1], [False, True] + [False] * 6)
     exp = module.make_experience(batch)
     valid_mask = batch.mask * torch.tensor([1.0, 0] + [1.0] * 6)[:, None]
-    torch.testing.assert_close(exp["advantages"], core.masked_whiten(exp["raw_advantages"], valid_mask))
+    torch.testing.assert_close(exp.advantages, core.masked_whiten(exp.raw_advantages, valid_mask))
 
 
 def test_zero_variance_filter_and_dynamic_sampling_ignore_unscorable_completions():
     _, module = build(GROUPS + ["algorithm.zero_variance_filter=true"])
     batch = _crafted(module, SCORES, FAILS)
     exp = module.make_experience(batch)
-    assert exp["loss_mask"][:4].sum() == 0 and exp["loss_mask"][[4, 5, 6]].sum() > 0
+    assert exp.loss_mask[:4].sum() == 0 and exp.loss_mask[[4, 5, 6]].sum() > 0
     kept, draws, signal = collect_groups(lambda draw: batch, num_prompts=2, group_size=4, max_draws=1, pad_id=0)
     assert signal == 0.5 and kept.prompt_index[0] == batch.prompt_index[4]  # the signal group comes first
 
@@ -198,8 +199,8 @@ def test_an_all_correct_group_of_different_lengths_has_no_signal():
     _, _, signal = collect_groups(lambda draw: batch, num_prompts=2, group_size=4, max_draws=1, pad_id=0)
     assert signal == 0.5  # group 0 (all correct) has none, group 1 (one of four) has
     exp = module.make_experience(batch)
-    assert exp["zero_std_rows"].tolist() == [1.0] * 4 + [0.0] * 4
-    assert exp["loss_mask"][:4].sum() == 0
+    assert exp.zero_std_rows.tolist() == [1.0] * 4 + [0.0] * 4
+    assert exp.loss_mask[:4].sum() == 0
     module = one_iteration(overrides, batch)
     assert module.pool.removed == {batch.prompt_index[0]}
 

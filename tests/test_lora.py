@@ -102,7 +102,7 @@ def test_reference_logprobs_are_the_base_models(lora_run):
         assert not torch.allclose(response_logits(module.actor, **t), base_logits)  # the adapters act outside
     exp = module.make_experience(batch)  # the wiring of the scoring step
     from rlexp.core import logprobs_from_logits
-    torch.testing.assert_close(exp["ref_logprobs"], logprobs_from_logits(base_logits, t["response_ids"]))
+    torch.testing.assert_close(exp.ref_logprobs, logprobs_from_logits(base_logits, t["response_ids"]))
 
 
 @needs_peft

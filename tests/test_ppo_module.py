@@ -134,16 +134,16 @@ def test_experience_puts_kl_in_the_reward_and_runs_gae(estimator):
                              num_generations=1, max_new_tokens=4)
     exp = module.make_experience(batch)
     mask = batch.mask
-    kl = core.kl_estimate(exp["old_logprobs"], exp["ref_logprobs"], estimator) * mask
+    kl = core.kl_estimate(exp.old_logprobs, exp.ref_logprobs, estimator) * mask
     assert kl.abs().sum() > 0
-    torch.testing.assert_close(exp["rewards"], batch.token_rewards - 0.3 * kl)
-    adv, ret = core.gae(exp["rewards"], exp["old_values"], mask, 0.9, 0.7)
-    torch.testing.assert_close(exp["advantages"], adv)
-    torch.testing.assert_close(exp["returns"], ret)
-    assert exp["old_values"].abs().sum() > 0
+    torch.testing.assert_close(exp.rewards, batch.token_rewards - 0.3 * kl)
+    adv, ret = core.gae(exp.rewards, exp.old_values, mask, 0.9, 0.7)
+    torch.testing.assert_close(exp.advantages, adv)
+    torch.testing.assert_close(exp.returns, ret)
+    assert exp.old_values.abs().sum() > 0
     # whitening is a separate, optional step
     module.algo = OmegaConf.merge(module.algo, {"whiten_advantages": True})
-    whitened = module.make_experience(batch)["advantages"]
+    whitened = module.make_experience(batch).advantages
     torch.testing.assert_close(whitened, core.masked_whiten(adv, mask))
 
 
@@ -155,8 +155,8 @@ def test_kl_in_loss_leaves_the_reward_alone():
     batch = generate_rollout(module.actor, module.tokenizer, module.task, module.sample_prompts(0)[0],
                              num_generations=1, max_new_tokens=4)
     exp = module.make_experience(batch)
-    torch.testing.assert_close(exp["rewards"], batch.token_rewards)
-    loss_kl, metrics = module._minibatch_loss(exp)
+    torch.testing.assert_close(exp.rewards, batch.token_rewards)
+    loss_kl, metrics, _ = module._minibatch_loss(exp)
     assert metrics["kl_loss"] > 0
 
 
@@ -233,6 +233,41 @@ def test_single_pass_update_equals_the_two_pass_update(overrides, present, absen
     for key in present:
         assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-4, abs=1e-6), key
     assert (m_plain["train/kl"] > 0) == ("train/kl_loss" in present)
+
+
+def test_the_single_pass_stores_the_old_logprobs_of_its_first_forward():
+    """The single pass as one explicit path: `make_experience` leaves the old log-probs, the rollout entropy
+    and the KL diagnostic None; the actor's loss leaves its minibatch as it is; the update stores what its
+    first forward gave, the values a scoring pass at the start of the update gives."""
+    from rlexp.models import response_logits
+    _, module = _module(["algorithm=grpo", "algorithm.prompts_per_step=2", "algorithm.num_generations=4",
+                         "algorithm.minibatch_size=8", "algorithm.kl_coef=0.3", "trainer.max_steps=1",
+                         "task.reward._target_=rlexp.tasks.arithmetic.partial_credit"])
+    _perturb(module.reference)
+    seen, make = {}, module.make_experience
+
+    def making(batch):
+        exp = make(batch)
+        seen["exp"], seen["before"] = exp, (exp.old_logprobs, exp.rollout_entropy, exp.kl)
+        with torch.no_grad():
+            logits = response_logits(module.actor, **batch.tensors(), fp32=module.fp32_logits,
+                                     temperature=module.temperature)
+        seen["want"] = core.logprobs_from_logits(logits, batch.response_ids), core.entropy_from_logits(logits)
+        mb = exp.take(torch.arange(exp.size))
+        module._minibatch_loss(mb)
+        seen["mb"] = mb.old_logprobs
+        return exp
+    module.make_experience = making
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, train_dataloaders=iteration_loader(1))
+    exp, (logprobs, entropy) = seen["exp"], seen["want"]
+    assert module.single_pass(8) and seen["before"] == (None, None, None) and seen["mb"] is None
+    mask = exp.mask
+    torch.testing.assert_close(exp.old_logprobs * mask, logprobs * mask, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exp.rollout_entropy * mask, entropy * mask, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exp.kl, core.kl_estimate(exp.old_logprobs, exp.ref_logprobs, "k3") * mask)
+    assert exp.kl.abs().sum() > 0
 
 
 @pytest.mark.parametrize("extra", [["algorithm.ppo_epochs=2"], ["algorithm.minibatch_size=4"],
