@@ -154,6 +154,24 @@ class RunLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:  # Lightning's teardown; rlexp sets the status itself
         self.guarded("the run's end", super().finalize, status)
 
+    @property
+    def tracking_uri(self) -> str:
+        """The store this run is recorded in."""
+        return self._tracking_uri
+
+    @property
+    def experiment_name(self) -> str:
+        return self._experiment_name
+
+    def logged_steps(self) -> dict[str, int]:
+        """``{metric: last step}`` that this run already holds. A resumed run computes again (identically: same
+        state, same random streams) the iterations the killed run logged after its last checkpoint, and does
+        not log them a second time (MLflow cannot delete a metric point), so its history keeps exactly one
+        value per step."""
+        client, run_id = self.experiment, self.run_id
+        return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1)
+                for k in client.get_run(run_id).data.metrics}
+
     def unlogged_summary(self) -> str:
         metric_steps = list(dict.fromkeys(w.rsplit(" ", 1)[1] for w in self.unlogged if w.startswith("metrics of step ")))
         other = [w for w in self.unlogged if not w.startswith("metrics of step ")]
