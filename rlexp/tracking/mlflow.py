@@ -248,6 +248,7 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
     tags.update({str(k): str(v) for k, v in (t.tags or {}).items()})
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     quiet_store_errors()
+    logger = None
     try:  # the store is opened here: an unreachable or unwritable one fails before any model is built
         open_store(uri, experiment=t.experiment)  # created/upgraded under a file lock: concurrent first runs
         if resume_run_id is not None:
@@ -266,6 +267,10 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
             client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     except Exception as e:  # noqa: BLE001 - any store failure at start-up is fatal and named
         raise TrackingError(f"tracking store {uri} is not usable: {type(e).__name__}: {e}") from e
+    except BaseException as e:  # Ctrl-C / SIGTERM (rlexp.train's handlers: "interrupted (SIGTERM)") meanwhile:
+        mark_error(logger, e)  # the run it created (or reopened) ends KILLED, not RUNNING
+        mark_run_status(logger, "KILLED")
+        raise
     finally:
         # mlflow.set_tracking_uri (called by MLFlowLogger) exports MLFLOW_TRACKING_URI to the process
         # environment; undo it so that one run's tracking.uri does not redirect later runs or children
