@@ -38,3 +38,19 @@ def test_the_pattern_catches_each_kind_of_reference():
         assert OUTSIDE_NOTE.search(text), text
     for text in ("a shared 2-core machine", "Shared fixtures", "tests/shared_fixtures.py"):
         assert not OUTSIDE_NOTE.search(text), text
+
+
+def test_the_readme_is_a_guide_whose_links_resolve():
+    """About 250 lines of guide (≤ 300); the details live in docs/, and every relative link resolves."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines: move details to docs/"
+    assert any(line.startswith("## Extending rlexp") for line in lines)
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to a missing {target}"
+
+
+def test_no_source_file_is_over_about_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "rlexp").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 420}
+    assert not long, f"split these files (a file does one thing, readable in one sitting): {long}"
