@@ -69,3 +69,33 @@ def test_a_sigterm_right_after_the_mlflow_run_is_created_ends_it_killed(tmp_path
     (run_,) = client.search_runs([client.get_experiment_by_name("window").experiment_id])
     assert (run_.info.status, run_.data.tags.get("rlexp.error")) == ("KILLED", "KeyboardInterrupt: interrupted (SIGTERM)")
     assert isinstance(e.value, SystemExit) and e.value.code == 143, repr(e.value)
+
+
+def test_a_sigterm_before_the_params_are_logged_still_leaves_them_on_the_killed_run(tmp_path, monkeypatch):
+    """A signal that lands while the run is being created is held until its params and tags are logged
+    (a sweep job's configuration is read from its params): the run ends KILLED *with* its params."""
+    import rlexp.tracking.mlflow as tracking
+    from rlexp.train import compose, run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose(FAST + [f"tracking.uri={uri}", "tracking.experiment=early", "algorithm.lam=0.5"])
+    real_log_params = tracking.log_params
+
+    def sigterm_then_log_params(client, run_id, params):  # the real signal lands before the params
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_log_params(client, run_id, params)
+
+    def stopped(signum, frame):
+        raise _Stopped
+
+    monkeypatch.setattr(tracking, "log_params", sigterm_then_log_params)
+    previous = signal.signal(signal.SIGTERM, stopped)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run(cfg, launch_dir=str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    client = MlflowClient(uri)
+    (run_,) = client.search_runs([client.get_experiment_by_name("early").experiment_id])
+    assert run_.info.status == "KILLED" and e.value.code == 143
+    assert run_.data.params["algorithm.lam"] == "0.5"

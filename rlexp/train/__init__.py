@@ -63,7 +63,8 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
     job.resume = resume_point(cfg, job.launch_dir)  # resume=: its checkpoint, checked; None for a fresh run
     with steps.StopSignals() as stops:  # Ctrl-C / SIGTERM outside the training loop: the run ends KILLED
         try:
-            steps.open_run(job, dead)  # job.logger: the MLflow run, created (or reopened) under the handlers
+            with stops.deferred():  # the run is created with its params and tags, then a signal may stop it
+                steps.open_run(job, dead)  # job.logger: the MLflow run, created (or reopened)
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             task = steps.instantiate_task(cfg)
             model_dir, warmstart = steps.warm_start(cfg, task)

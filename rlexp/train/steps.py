@@ -5,6 +5,7 @@ them only after the config was validated, so a config error costs no torch impor
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -79,6 +80,7 @@ class StopSignals:
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
+        self._deferring = False
 
     def __enter__(self) -> StopSignals:
         from rlexp.modules.checkpoint import STOP_SIGNALS
@@ -88,7 +90,20 @@ class StopSignals:
 
     def _on_signal(self, signum, frame):
         self.received = self.received or signum
-        raise KeyboardInterrupt(f"interrupted ({signal_name(signum)})")
+        if not self._deferring:
+            raise KeyboardInterrupt(f"interrupted ({signal_name(signum)})")
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A signal received inside the block is raised when the block ends, not in its middle: creating the
+        MLflow run and logging its params is one step (a job's run is never left without its params)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.received is not None:
+            raise KeyboardInterrupt(f"interrupted ({signal_name(self.received)})")
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
