@@ -159,16 +159,21 @@ class HFModelConfig(_ModelCommon):
 
 
 @dataclass
-class ArithmeticTaskConfig:
+class _TaskCommon:
+    """Keys every task option has (rlexp.tasks.base.Task's own arguments): its name, token budget, reward."""
     _target_: str = MISSING
     name: str = MISSING
+    max_new_tokens: int = spec(ge=1)
+    on_reward_error: str = spec(choices=("raise", "skip"), default="raise")
+    reward: Any = MISSING
+
+
+@dataclass
+class ArithmeticTaskConfig(_TaskCommon):
     min_operand: int = spec(ge=0)
     max_operand: int = spec(ge=0)
     num_eval: int = spec(ge=1)
     split_seed: int = spec(ge=0)
-    max_new_tokens: int = spec(ge=1)
-    on_reward_error: str = spec(choices=("raise", "skip"), default="raise")
-    reward: Any = MISSING
 
 
 @dataclass
