@@ -6,6 +6,18 @@ a user's own Hugging Face model takes. For ``model=tiny`` the random-initialised
 greedy evaluation that reaches ``target_accuracy``) is saved under ``<cache_dir>/warmstart/<key>``,
 where ``key`` hashes everything that made it. It is built on first use (under a file lock, so parallel
 sweep jobs build it once) and reported as such.
+
+The embedded model's character tokenizer has one token per character of ``task.char_alphabet()``: the
+task's fixed ``alphabet`` (``task=arithmetic``: ``0123456789+=``), else every character of its texts.
+
+**Which prompts the warm start checks.** Its greedy evaluations run on the first ``CHECK_PROMPTS`` (200)
+prompts of the task's *training* pool (the held-out eval split stays unseen). A pool of ``HOLD_OUT_FROM``
+(1000) prompts or more holds them out of the SFT data, which is the rest of the pool; a smaller pool
+trains on all its prompts and checks on the first 200 of them (or all), since holding out a fifth of a few
+dozen prompts would leave both the training data and the check too small to mean anything (a 10-prompt
+task trains on its 10 prompts). Only these small pools have ``"check": "train"`` in their cache key, so the
+keys of larger pools' warm starts are unchanged. A task without training prompts is refused
+(``model.warmstart.enabled=false`` turns the warm start off).
 """
 from __future__ import annotations
 
@@ -24,9 +36,13 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
+from rlexp.config import ConfigError
 from rlexp.config.paths import resolve_model_dir
 from rlexp.core.seeding import WARMSTART_BATCHES, generator
-from rlexp.models import build_char_tokenizer, build_tiny_model, load_causal_lm, load_tokenizer, source_gguf_file
+from rlexp.models import (
+    ModelLoadError, build_char_tokenizer, build_tiny_model, check_characters, load_causal_lm, load_tokenizer,
+    source_gguf_file,
+)
 from rlexp.modules import SFTModule
 from rlexp.rollout import collate_supervised, evaluate
 
@@ -60,16 +76,20 @@ def _save_atomic(target: Path, write) -> None:
 
 
 def build_tiny_dir(model_cfg, task) -> Path:
-    """The random-initialised embedded model + char tokenizer, saved with save_pretrained."""
+    """The random-initialised embedded model + a character tokenizer over ``task.char_alphabet()``, saved with
+    save_pretrained (a task with a chat template is refused: the character tokenizer has none)."""
+    if task.chat_template:
+        raise ModelLoadError("task.chat_template=true: model=tiny's character tokenizer has no chat template (set "
+                             "task.chat_template=false, or use model=hf with an instruct model)")
     arch = {k: model_cfg[k] for k in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "init_seed")}
-    key = _key({"arch": arch, "alphabet": task.alphabet, "transformers": transformers.__version__, "v": _VERSION})
+    alphabet = task.char_alphabet()  # a fixed one (task=arithmetic) keeps the key of the models already cached
+    if not alphabet:
+        raise ModelLoadError(f"model=tiny: task {task.name!r} has no text to build a character alphabet from")
+    key = _key({"arch": arch, "alphabet": alphabet, "transformers": transformers.__version__, "v": _VERSION})
     target = Path(model_cfg.cache_dir).expanduser() / "models" / f"tiny-{key}"
     with _locked(target):
         if not (target / "config.json").is_file():
-            if task.alphabet is None:
-                raise ValueError(f"model=tiny needs a task with a character alphabet; task {task.name!r} has none "
-                                 f"(use model=hf with a real tokenizer)")
-            tok = build_char_tokenizer(task.alphabet)
+            tok = build_char_tokenizer(alphabet)
             model = build_tiny_model(tok, hidden_size=arch["hidden_size"],
                                      intermediate_size=arch["intermediate_size"], num_layers=arch["num_layers"],
                                      num_heads=arch["num_heads"], seed=arch["init_seed"])
@@ -117,15 +137,44 @@ class _SFTBatches(torch.utils.data.Dataset):
                                   [self.task.sft_completion(e) for e in rows], chat_template=self.task.chat_template)
 
 
+#: the warm start checks its progress on this many prompts of the training pool (never on the eval split) ...
+CHECK_PROMPTS = 200
+#: ... held out from its SFT data when the pool has at least this many (so that 4/5 of it or more is left to train
+#: on); a smaller pool trains on all its prompts and is checked on the first of them
+HOLD_OUT_FROM = 5 * CHECK_PROMPTS
+
+
+def check_split(task) -> tuple[list, list, bool]:
+    """``(check, train, held_out)``: the prompts the warm start checks its progress on, those it trains on, and
+    whether the check prompts are held out from training (pools of ``HOLD_OUT_FROM`` prompts or more). A task
+    without training prompts cannot be warm-started: a one-line ``ConfigError`` says so."""
+    pool = task.train_examples
+    if not pool:
+        raise ConfigError(f"model.warmstart.enabled=true: task {task.name!r} has no training prompts to warm-start "
+                          f"on (set model.warmstart.enabled=false to start from the model as loaded)")
+    if len(pool) >= HOLD_OUT_FROM:
+        return pool[:CHECK_PROMPTS], pool[CHECK_PROMPTS:], True
+    return pool[:CHECK_PROMPTS], pool, False
+
+
+def made_of(src: Path, model_cfg, task) -> dict:
+    """Everything that makes a warm start: its cache key hashes this."""
+    out = {"src": str(src.resolve()), "ws": OmegaConf.to_container(model_cfg.warmstart), "task": task.fingerprint(),
+           "seed": model_cfg.init_seed, "dtype": model_cfg.dtype, "v": _VERSION}
+    gguf_file = source_gguf_file(model_cfg, src)
+    if gguf_file:  # only then: the keys of existing caches stay as they were
+        out["gguf_file"] = gguf_file
+    if not check_split(task)[2]:  # likewise: only small pools, checked on their training prompts
+        out["check"] = "train"
+    return out
+
+
 def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
     """SFT ``src`` on the task's format until ``target_accuracy``; cached. Returns (dir, info)."""
     ws = model_cfg.warmstart
     gguf_file = source_gguf_file(model_cfg, src)
-    made_of = {"src": str(src.resolve()), "ws": OmegaConf.to_container(ws), "task": task.fingerprint(),
-               "seed": model_cfg.init_seed, "dtype": model_cfg.dtype, "v": _VERSION}
-    if gguf_file:  # only then: the keys of existing caches stay as they were
-        made_of["gguf_file"] = gguf_file
-    key = _key(made_of)
+    check, train, held_out = check_split(task)
+    key = _key(made_of(src, model_cfg, task))
     target = Path(model_cfg.cache_dir).expanduser() / "warmstart" / f"{model_cfg.name}-{key}"
     with _locked(target):
         if (target / INFO_FILE).is_file():
@@ -135,10 +184,9 @@ def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
         t0 = time.perf_counter()
         log.info("Building the warm start (first use of this model/task/config): %s", target)
         tok = load_tokenizer(src, trust_remote_code=model_cfg.trust_remote_code, gguf_file=gguf_file)
+        check_characters(tok, task.texts(), source=str(src))  # a character tokenizer: every task text encodes
         model = load_causal_lm(src, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
                                gguf_file=gguf_file)
-        # a slice of the *training* pool checks progress; the held-out eval split stays unseen
-        check, train = task.train_examples[:200], task.train_examples[200:]
         stopper = _StopAtAccuracy(tok, task, check, ws.eval_every, ws.target_accuracy)
         module = SFTModule(model, lr=ws.lr, warmup_steps=ws.warmup_steps, fp32_logits=model_cfg.fp32_logits)
         loader = torch.utils.data.DataLoader(
@@ -151,6 +199,7 @@ def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
             trainer.fit(module, train_dataloaders=loader)
         final = evaluate(model, tok, task, check, max_new_tokens=task.max_new_tokens).accuracy
         info = {"path": str(target), "source": str(src), "steps": trainer.global_step,
+                "check": {"prompts": len(check), "held_out": held_out},
                 "accuracy": final, "target_accuracy": ws.target_accuracy,
                 "reached_target": final >= ws.target_accuracy, "seconds": round(time.perf_counter() - t0, 2),
                 "evals": stopper.evals}

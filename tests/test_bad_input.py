@@ -40,6 +40,11 @@ TABLE = [
     ("a missing model directory", ["model=hf", "model.name_or_path={tmp}/absent"], 2, "model.name_or_path="),
     ("a model directory whose tokenizer has no EOS", ["model=hf", "model.name_or_path={tmp}/no_eos"], 1,
      "the tokenizer has no eos_token"),
+    ("a task with a chat template on the embedded model", ["task=arithmetic_chat"], 2,
+     "task.chat_template=true: model=tiny's character tokenizer has no chat template"),
+    ("task text with characters a character tokenizer lacks",
+     ["model=hf", "model.name_or_path={tmp}/digits", "task=arithmetic_chat", "task.chat_template=false"], 1,
+     "task train prompt 0 'What is … has characters the character tokenizer of …digits cannot encode: ' ', '.'"),
     ("a LoRA rank out of range", ["model.lora.enabled=true", "model.lora.r=0"], 2, "model.lora.r=0"),
     ("a task value out of range", ["task.num_eval=0"], 2, "task.num_eval=0"),
     ("an unknown reward-error mode", ["task.on_reward_error=ignore"], 2, "task.on_reward_error=ignore"),
@@ -62,6 +67,8 @@ TABLE = [
      "not a checkpoint of an rlexp online run"),
     ("a malformed line in a preference file", ["algorithm=dpo", "algorithm.data.path={tmp}/prefs.jsonl"], 1,
      "prefs.jsonl:2: field 'rejected' is missing"),
+    ("a preference file with characters the tokenizer lacks", ["algorithm=dpo", "algorithm.data.path={tmp}/abc.jsonl"],
+     1, "abc.jsonl:1: field 'chosen' has characters the policy's character tokenizer cannot encode: 'x'"),
     ("a seed numpy cannot take", ["seed=4294967296"], 2, "seed=4294967296 must be an integer in [0, 2^32 - 1]"),
     ("a learning rate that is not a number", ["algorithm.actor_lr=nan"], 2, "algorithm.actor_lr=nan must be a finite"),
     ("an infinite learning rate", ["algorithm.actor_lr=inf"], 2, "algorithm.actor_lr=inf must be a finite number"),
@@ -108,6 +115,9 @@ def _prepare(tmp: Path) -> None:
     (tmp / "prefs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "01+02=", "chosen": "3"}) + "\n")
     tok = build_char_tokenizer("0123456789+=")
     model = build_tiny_model(tok, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, seed=0)
+    (tmp / "abc.jsonl").write_text(json.dumps({**good, "chosen": "x"}) + "\n")
+    model.save_pretrained(tmp / "digits")  # a character tokenizer of digits, + and =
+    tok.save_pretrained(tmp / "digits")
     model.save_pretrained(tmp / "no_eos")
     tok.eos_token = None
     tok.save_pretrained(tmp / "no_eos")

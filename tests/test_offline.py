@@ -111,7 +111,8 @@ MALFORMED = {
     "null field": (json.dumps({**GOOD, "prompt": None}), r":2: field 'prompt' must be a string, got NoneType"),
     "not an object": ("[1, 2]", r":2: a record must be a JSON object with fields prompt, chosen, rejected; got list"),
     "no preference": (json.dumps({**GOOD, "rejected": "3"}), r":2: field 'rejected' is identical to 'chosen'"),
-    "untokenizable": (json.dumps({**GOOD, "chosen": "3a"}), r":2: field 'chosen' cannot be tokenized"),
+    "untokenizable": (json.dumps({**GOOD, "chosen": "3a"}),
+                      r":2: field 'chosen' has characters the policy's character tokenizer cannot encode: 'a' in '3a'"),
 }
 
 

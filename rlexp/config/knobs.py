@@ -6,6 +6,10 @@ the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` wit
 when the update is one step on the whole rollout).  The estimator's and the loss's own metadata
 (``uses``, ``needs_critic``) decide; no algorithm is named here.  ``rlexp.train`` warns about every such
 key that was set on the command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
+
+``inactive_model_keys(model)`` does the same for the ``model`` group (LoRA keys while LoRA is off, warm-start
+keys while the warm start is off); those keys are also left out of the run's MLflow params
+(``rlexp.tracking.run_params``), since nothing they say happened.
 """
 from __future__ import annotations
 
@@ -63,11 +67,32 @@ def dead_overrides(algo, overrides: list[str]) -> dict[str, str]:
     return {f"algorithm.{k}": why for k, why in inactive_knobs(algo).items() if f"algorithm.{k}" in keys}
 
 
-def dead_model_overrides(model, overrides: list[str]) -> dict[str, str]:
-    """``{"model.lora.r": reason}`` for LoRA keys set explicitly while LoRA is off."""
+def inactive_model_keys(model) -> dict[str, str]:
+    """``{key or "prefix.": why it changes nothing}`` for the ``model`` group: every LoRA key but ``enabled``
+    while LoRA is off, every warm-start key but ``enabled`` while the warm start is off, and then also
+    ``model=hf``'s ``init_seed`` (it seeds the warm start only; the tiny model's seeds its random init)."""
+    out: dict[str, str] = {}
     lora = model.get("lora")
-    if lora is None or lora.get("enabled"):
-        return {}
+    if lora is not None and not lora.get("enabled"):
+        out["model.lora."] = "model.lora.enabled=false (LoRA is off)"
+    ws = model.get("warmstart")
+    if ws is not None and not ws.get("enabled"):
+        out["model.warmstart."] = "model.warmstart.enabled=false (no warm start)"
+        if model.get("name") != "tiny":
+            out["model.init_seed"] = "model.warmstart.enabled=false (it seeds the warm start only)"
+    return out
+
+
+def inactive_entry(key: str, inactive: dict[str, str]) -> str | None:
+    """The entry of ``inactive`` (`inactive_model_keys`) that covers ``key`` (``model.lora.r`` → ``model.lora.``),
+    or None. The switches themselves (``*.enabled``) always count."""
+    if key.endswith(".enabled"):
+        return None
+    return next((name for name in inactive if key == name or (name.endswith(".") and key.startswith(name))), None)
+
+
+def dead_model_overrides(model, overrides: list[str]) -> dict[str, str]:
+    """``{"model.lora.r": reason}`` for model keys set explicitly that change nothing (`inactive_model_keys`)."""
+    inactive = inactive_model_keys(model)
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
-    return {k: "model.lora.enabled=false (LoRA is off)" for k in sorted(keys)
-            if k.startswith("model.lora.") and k != "model.lora.enabled"}
+    return {k: inactive[name] for k in sorted(keys) if (name := inactive_entry(k, inactive)) is not None}

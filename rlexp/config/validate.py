@@ -189,6 +189,9 @@ def _check_combinations(cfg: DictConfig) -> None:
     t = cfg.get("task")
     if t is not None and "min_operand" in t and t.max_operand < t.min_operand:
         raise ConfigError(f"task.max_operand={t.max_operand} must be >= task.min_operand={t.min_operand}")
+    if t is not None and m is not None and model_kind(m) == "tiny" and t.get("chat_template") is True:
+        raise ConfigError("task.chat_template=true: model=tiny's character tokenizer has no chat template (set "
+                          "task.chat_template=false, or use model=hf with an instruct model)")
 
 
 #: seeds reach numpy (``np.random.seed``, via Lightning's ``seed_everything``), which takes 32 bits

@@ -16,8 +16,9 @@ MODULE_BUILDERS = Registry("algorithm module")
 
 
 def _load_tokenizer(cfg, task, model_dir: Path):
-    """The tokenizer of ``model_dir`` (or of its GGUF file); it must have a chat template if the task uses one."""
-    from rlexp.models import ModelLoadError, load_tokenizer, source_gguf_file
+    """The tokenizer of ``model_dir`` (or of its GGUF file); it must have a chat template if the task uses one,
+    and a character tokenizer must have every character of the task's texts."""
+    from rlexp.models import ModelLoadError, check_characters, load_tokenizer, source_gguf_file
 
     m = cfg.model
     tokenizer = load_tokenizer(model_dir, trust_remote_code=m.trust_remote_code,
@@ -25,6 +26,7 @@ def _load_tokenizer(cfg, task, model_dir: Path):
     if task.chat_template and not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(f"task.chat_template=true: the tokenizer in {model_dir} has no chat template "
                              f"(use an instruct model, or set task.chat_template=false)")
+    check_characters(tokenizer, task.texts(), source=str(model_dir))
     return tokenizer
 
 

@@ -9,9 +9,10 @@ Completions are text without the EOS token: EOS is appended when they are tokeni
 
 **Validation** happens before training. A record that is not valid JSON, is not an object, lacks a
 field, has a non-string or empty field, a ``rejected`` identical to ``chosen``, or text the policy's
-tokenizer cannot encode raises :class:`DatasetError` naming ``file:line`` and the field. Nothing is
-dropped silently: with ``skip_invalid=True`` such records are skipped and returned (the module logs
-their count as ``data/skipped_records``).
+tokenizer cannot encode (a character tokenizer's missing characters are named) raises
+:class:`DatasetError` naming ``file:line`` and the field. Nothing is dropped silently: with
+``skip_invalid=True`` such records are skipped and returned (the module logs their count as
+``data/skipped_records``).
 
 **Generation** (no file given): ``samples_per_prompt`` completions are sampled for each of
 ``num_prompts`` training prompts and scored with the task's reward; each prompt whose completions
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from rlexp.models import char_vocabulary
 from rlexp.rollout import generate_rollout
 from rlexp.tasks.base import Example, Task
 
@@ -44,8 +46,9 @@ class PreferencePair:
     rejected: str
 
 
-def _record_problem(obj, tokenizer) -> str | None:
-    """Why ``obj`` is not a valid record (``"field 'chosen' ..."``), or None."""
+def _record_problem(obj, tokenizer, chars: frozenset[str] | None = None) -> str | None:
+    """Why ``obj`` is not a valid record (``"field 'chosen' ..."``), or None. ``chars``: the characters of a
+    character tokenizer (``char_vocabulary(tokenizer)``), whose unknown characters are named."""
     if not isinstance(obj, dict):
         return f"a record must be a JSON object with fields {', '.join(FIELDS)}; got {type(obj).__name__}"
     for name in FIELDS:
@@ -60,6 +63,11 @@ def _record_problem(obj, tokenizer) -> str | None:
         return "field 'rejected' is identical to 'chosen' (the pair states no preference)"
     if tokenizer is not None:
         for name in FIELDS:
+            unknown = set(obj[name]) - chars if chars is not None else set()
+            if unknown:
+                return (f"field '{name}' has characters the policy's character tokenizer cannot encode: "
+                        f"{', '.join(map(repr, sorted(unknown)))} in {obj[name][:40]!r} (model=tiny's alphabet holds "
+                        f"the task's characters only: remove them, or add them to the task's Task.extra_text())")
             try:
                 n = len(tokenizer(obj[name], add_special_tokens=False)["input_ids"])
             except Exception as e:  # noqa: BLE001 - tokenizers raise plain Exception
@@ -81,13 +89,14 @@ def load_preferences(path: str | Path, *, skip_invalid: bool = False, tokenizer=
         raise DatasetError(f"{key}={path}: no such file")
     pairs: list[PreferencePair] = []
     skipped: list[str] = []
+    chars = char_vocabulary(tokenizer) if tokenizer is not None else None
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-                problem = _record_problem(obj, tokenizer)
+                problem = _record_problem(obj, tokenizer, chars)
             except json.JSONDecodeError as e:
                 problem = f"invalid JSON ({e.msg} at column {e.colno})"
             if problem is not None:

@@ -29,7 +29,7 @@ def number_match(prompts, completions, *, targets, **kwargs) -> list[float]:
 
 
 class ArithmeticChatTask(ArithmeticTask):
-    alphabet = None  # free text: needs a real tokenizer (not model=tiny)
+    alphabet = None  # free text: model=tiny's alphabet is derived from the prompts (Task.char_alphabet)
 
     def __init__(self, *, name: str = "arithmetic_chat",
                  prompt_template: str = "What is {a} + {b}? Reply with just the number.",

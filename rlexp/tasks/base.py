@@ -23,7 +23,7 @@ import logging
 import math
 import numbers
 import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -235,7 +235,8 @@ class Task:
     """Base class: a name, a training pool, a held-out split, a reward function and a token budget."""
 
     name: str = "task"
-    #: characters the task's prompts and answers use (for the embedded char tokenizer); None = any
+    #: a fixed alphabet for the embedded character tokenizer (``model=tiny``); None = derived from the task's
+    #: own texts by ``char_alphabet()``
     alphabet: str | None = None
     #: wrap each prompt with the tokenizer's chat template as a user turn when encoding it
     chat_template: bool = False
@@ -251,6 +252,37 @@ class Task:
         self.max_new_tokens = max_new_tokens
         self.train_examples: list[Example] = []
         self.eval_examples: list[Example] = []
+
+    def extra_text(self) -> list[str]:
+        """Text the model will see besides the examples' prompts, targets and ``sft_completion``\s (a system
+        prompt, words a template adds when prompts are encoded): its characters join ``char_alphabet()``."""
+        return []
+
+    def texts(self) -> Iterator[tuple[str, str]]:
+        """Every text of the task a policy must encode, as ``(where, text)``: each training and held-out prompt
+        and target (``task train prompt 17``, ``task eval target 3``), each warm-start completion that is not
+        its target (``task sft completion 17``) and each ``extra_text()`` (``task extra text 0``)."""
+        for split, examples in (("train", self.train_examples), ("eval", self.eval_examples)):
+            for i, e in enumerate(examples):
+                yield f"task {split} prompt {i}", e.prompt
+                yield f"task {split} target {i}", e.target
+        for i, e in enumerate(self.train_examples):
+            completion = self.sft_completion(e)
+            if completion != e.target:
+                yield f"task sft completion {i}", completion
+        for i, text in enumerate(self.extra_text()):
+            yield f"task extra text {i}", text
+
+    def char_alphabet(self) -> str:
+        """The characters of the embedded character tokenizer for this task: ``alphabet`` when the class
+        fixes one (so the embedded model built for it keeps its cache key), else the sorted distinct
+        characters of ``texts()``."""
+        if self.alphabet is not None:
+            return self.alphabet
+        chars: set[str] = set()
+        for _, text in self.texts():
+            chars.update(text)
+        return "".join(sorted(chars))
 
     def sft_completion(self, example: Example) -> str:
         """The completion text a supervised warm start trains on (EOS is appended by the caller)."""

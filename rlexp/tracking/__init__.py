@@ -9,7 +9,7 @@ import importlib
 _EXPORTS = {
     "RunArtifacts": "mlflow", "TrackingError": "mlflow", "flatten_config": "mlflow", "log_summary": "mlflow",
     "make_logger": "mlflow", "mark_error": "mlflow", "mark_run_status": "mlflow", "record_failed_run": "mlflow",
-    "resolve_tracking_uri": "common", "sweep_job_tags": "mlflow", "short_run_name": "mlflow",
+    "resolve_tracking_uri": "common", "run_params": "mlflow", "sweep_job_tags": "mlflow", "short_run_name": "mlflow",
 }
 __all__ = sorted(_EXPORTS)
 

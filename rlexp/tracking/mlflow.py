@@ -1,8 +1,9 @@
 """Recording a run in MLflow through Lightning's ``MLFlowLogger``.
 
 Conventions: the default store is ``sqlite:///<launch dir>/mlflow.db``;
-``MLFLOW_TRACKING_URI`` or ``tracking.uri=`` override it. Params are the whole resolved config with
-dotted keys (``algorithm.gamma``); metrics are namespaced (``train/``, ``eval/``, ``perf/``) with
+``MLFLOW_TRACKING_URI`` or ``tracking.uri=`` override it. Params are the resolved config with
+dotted keys (``algorithm.gamma``), less the model keys that change nothing in the run (``run_params``,
+named by the ``rlexp.inactive_params`` tag); metrics are namespaced (``train/``, ``eval/``, ``perf/``) with
 step = RL iterations completed; tags name the algorithm, task, model, git commit and the overrides;
 artifacts are the resolved config and tables of sample completions with their rewards. A sweep is a
 parent run with nested child runs tagged with the sweep id (``rlexp.sweep_id``).
@@ -49,6 +50,27 @@ def flatten_config(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+#: the tag naming the config keys left out of a run's params (`run_params`), and why
+INACTIVE_TAG = "rlexp.inactive_params"
+
+
+def run_params(cfg: DictConfig) -> tuple[dict[str, str], str]:
+    """A run's MLflow params and its ``rlexp.inactive_params`` tag (empty: none left out). The params are
+    ``flatten_config(cfg)`` without the keys that change nothing in this run (``inactive_model_keys``: every
+    ``model.lora.*`` key but ``enabled`` while LoRA is off, every ``model.warmstart.*`` key but ``enabled``, and
+    ``model=hf``'s ``init_seed``, while the warm start is off), so that a run's params never describe a warm start
+    or adapters it did not have. The tag names those keys and why; ``config/resolved.yaml`` keeps them all."""
+    from rlexp.config.knobs import inactive_entry, inactive_model_keys
+
+    params = flatten_config(cfg)
+    model = cfg.get("model")
+    inactive = inactive_model_keys(model) if isinstance(model, DictConfig) else {}
+    covered = {k: inactive_entry(k, inactive) for k in params}
+    used = {name for name in covered.values() if name is not None}
+    said = [f"{name}{'*' if name.endswith('.') else ''}: {why}" for name, why in inactive.items() if name in used]
+    return {k: v for k, v in params.items() if covered[k] is None}, "; ".join(said)
+
+
 _NAME_PREFIXES = ("algorithm.", "rollout.", "task.", "model.")
 
 
@@ -87,9 +109,11 @@ def record_failed_run(cfg: DictConfig, *, launch_dir: str | Path, overrides: lis
             "mlflow.runName": short_run_name(str(algorithm), overrides), **sweep_job_tags()}
     run = client.create_run(experiment_id(client, t.experiment), tags=tags)
     try:
-        params = flatten_config(cfg)
+        params, inactive = run_params(cfg)
     except Exception:  # noqa: BLE001 - an unresolvable config: keep the overrides only
-        params = dict(o.split("=", 1) for o in overrides if "=" in o)
+        params, inactive = dict(o.split("=", 1) for o in overrides if "=" in o), ""
+    if inactive:
+        client.set_tag(run.info.run_id, INACTIVE_TAG, inactive)
     log_params(client, run.info.run_id, params)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
 
@@ -263,7 +287,10 @@ def make_logger(cfg: DictConfig, *, launch_dir: str | Path, overrides: list[str]
             logger = RunLogger(experiment_name=str(t.experiment), run_name=run_name[:250], tracking_uri=uri,
                                tags=tags)
             client, run_id = logger.experiment, logger.run_id
-            log_params(client, run_id, flatten_config(cfg))
+            params, inactive = run_params(cfg)
+            log_params(client, run_id, params)
+            if inactive:
+                client.set_tag(run_id, INACTIVE_TAG, inactive)
             client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     except Exception as e:  # noqa: BLE001 - any store failure at start-up is fatal and named
         raise TrackingError(f"tracking store {uri} is not usable: {type(e).__name__}: {e}") from e

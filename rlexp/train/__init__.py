@@ -67,10 +67,10 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
                 steps.open_run(job, dead)  # job.logger: the MLflow run, created (or reopened)
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             task = steps.instantiate_task(cfg)
-            model_dir, warmstart = steps.warm_start(cfg, task)
+            model_dir, job.warmstart = steps.warm_start(cfg, task)
             module, loader = build_module(cfg, task, model_dir)
             loader = steps.attach_checkpoints(job, module, loader)  # online: job.checkpoint; a resume goes on
-            job.trainer = steps.make_trainer(job, steps.make_callbacks(job, warmstart, callbacks))
+            job.trainer = steps.make_trainer(job, steps.make_callbacks(job, job.warmstart, callbacks))
             steps.fit(job, module, loader)  # Trainer.fit, then the summary metrics
             steps.save_policy(job, module)
         except BaseException as e:

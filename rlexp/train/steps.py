@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class Job:
     logger: Any = None  # the MLflow run (rlexp.tracking.RunLogger); None with tracking=none, or on workers > 0
     checkpoint: Any = None  # online runs: the IterationCheckpoint callback (Ctrl-C / SIGTERM at an iteration's end)
     trainer: Any = None
+    warmstart: dict = field(default_factory=dict)  # what the warm start did (`warm_start`); {} when none was used
 
     @property
     def root_dir(self) -> str:
@@ -270,14 +271,17 @@ def finish(job: Job, module) -> None:
         raise TrackingError(f"the run finished, but the MLflow store {logger.tracking_uri} failed during it and did "
                             f"not record: {logger.unlogged_summary()}.{where}")
     mark_run_status(logger, "FINISHED")
-    report(module, logger)
+    report(module, logger, warm_started=bool(job.warmstart))
 
 
-def report(module, logger) -> None:
-    """Two lines: the greedy evaluation's reward at the start and at the end, and where the MLflow run is."""
+def report(module, logger, *, warm_started: bool) -> None:
+    """Two lines: the greedy evaluation's reward at the start (``step 0, warm start`` only when the run
+    started from a warm start) and at the end, and where the MLflow run is."""
     first = next((h for h in module.history if "eval/reward_mean" in h), {})  # resumed: restored from the checkpoint
     last = module.last_eval
-    start = "step 0, warm start" if first.get("step") == 0 else f"step {first.get('step')}"
+    start = f"step {first.get('step')}"
+    if first.get("step") == 0:
+        start += ", warm start" if warm_started else ", the model as loaded"
     log.info("eval/reward_mean %.3f (%s) -> %.3f (step %s)", first.get("eval/reward_mean", float("nan")), start,
              last.get("eval/reward_mean", float("nan")), last.get("step"))
     if logger is not None:
