@@ -2,10 +2,11 @@
 
 ``inactive_knobs(algo)`` maps each key of ``algorithm`` that cannot change anything under the rest of
 the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` without a critic,
-``kl_estimator`` with ``kl_coef: 0``, a policy-loss knob its ``policy_loss`` does not use, ``clip_eps``
-when the update is one step on the whole rollout).  The estimator's and the loss's own metadata
-(``uses``, ``needs_critic``) decide; no algorithm is named here.  ``rlexp.train`` warns about every such
-key that was set on the command line or by a sweep, and tags the MLflow run with them (``rlexp.dead_knobs``).
+``kl_estimator`` with ``kl_coef: 0``, ``rollout_is_cap`` with ``rollout_correction: none``, a policy-loss
+knob its ``policy_loss`` does not use, ``clip_eps`` when the update is one step on the whole rollout).  The
+estimator's and the loss's own metadata (``uses``, ``needs_critic``) decide; no algorithm is named here.
+``rlexp.train`` warns about every such key that was set on the command line or by a sweep, and tags the
+MLflow run with them (``rlexp.dead_knobs``).
 
 ``inactive_model_keys(model)`` does the same for the ``model`` group (LoRA keys while LoRA is off, warm-start
 keys while the warm start is off); those keys are also left out of the run's MLflow params
@@ -38,6 +39,8 @@ def inactive_knobs(algo) -> dict[str, str]:
     if not algo.no_positive_resampling:
         for key in ("pass_rate_threshold", "pass_reward"):
             out[key] = "no_positive_resampling=false"
+    if algo.rollout_correction == "none":
+        out["rollout_is_cap"] = "rollout_correction=none"
     for key in sorted({k for other in losses.values() for k in other.knobs} - set(loss.uses)):
         out[key] = f"policy_loss={algo.policy_loss} does not use it"
     if single_minibatch_epoch(algo):

@@ -36,6 +36,8 @@ class OnlineAlgorithmConfig:
     dual_clip: Optional[float] = spec(gt=1.0, default=None)
     sapo_tau_pos: float = spec(gt=0.0)
     sapo_tau_neg: float = spec(gt=0.0)
+    rollout_correction: str = spec(registry="ROLLOUT_CORRECTIONS")
+    rollout_is_cap: float = spec(gt=1.0)
     loss_agg: str = spec(registry="AGGREGATIONS")
     entropy_coef: float = spec(ge=0.0)
     kl_coef: float = spec(ge=0.0)

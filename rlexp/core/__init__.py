@@ -2,7 +2,8 @@
 
 Masked statistics, advantage estimators (GAE, REINFORCE++ returns and group-relative:
 GRPO, Dr. GRPO, RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy
-losses (PPO clip, GSPO, CISPO, SAPO; the :class:`PolicyLoss` contract), value loss, DAPO
+losses (PPO clip, GSPO, CISPO, SAPO; the :class:`PolicyLoss` contract), the rollout correction's
+importance weights (TIS, MIS), value loss, DAPO
 overlong reward shaping and preference losses (DPO, IPO, SLiC hinge), plus the name
 registries that let configs select among them.  Tensor convention: response tensors are
 ``[B, T]``, right-padded, with a prefix ``mask``; completions of one prompt are
@@ -26,6 +27,7 @@ from .logprobs import entropy_from_logits, logprobs_from_logits
 from .losses import POLICY_LOSSES, PolicyLoss, policy_loss, ppo_policy_loss, value_loss
 from .policy_losses import cispo_policy_loss, gspo_policy_loss, sapo_policy_loss
 from .registry import Registry
+from .rollout_correction import ROLLOUT_CORRECTIONS, rollout_is_weights
 from .shaping import add_overlong_penalty, overlong_penalty
 from .stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 
@@ -35,6 +37,7 @@ __all__ = [
     "DPO_LOSSES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "ROLLOUT_CORRECTIONS",
     "AdvantageEstimator",
     "PolicyLoss",
     "Registry",
@@ -59,6 +62,7 @@ __all__ = [
     "policy_loss",
     "ppo_policy_loss",
     "rloo_advantages",
+    "rollout_is_weights",
     "sapo_policy_loss",
     "value_loss",
     "zero_std_groups",

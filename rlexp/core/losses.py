@@ -11,7 +11,11 @@ reduces ``ℓ`` once with :func:`rlexp.core.aggregate`::
 
     loss, metrics = POLICY_LOSSES.get(name)(logprobs, old_logprobs, advantages, mask,
                                             config=algo, agg=..., group_size=..., max_len=...,
-                                            denominator=...)
+                                            denominator=..., weights=...)
+
+``weights`` (optional, ``[B, T]``, detached): a per-token weight multiplied into ``ℓ`` before the
+aggregation, whose denominator stays that of the mask (the rollout correction of
+:mod:`.rollout_correction`); None leaves ``ℓ`` untouched.
 
 ``config`` (the algorithm config, any mapping) hands the function exactly its ``uses``; knobs may also
 be given by keyword.  Adding a loss = one function decorated with :func:`policy_loss` (more entries in
@@ -59,9 +63,10 @@ class PolicyLoss:
     def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *args,
                  config: Mapping[str, Any] | None = None, agg: str = "token-mean", group_size: int | None = None,
                  max_len: int | None = None, denominator: Tensor | float | None = None,
-                 **knobs) -> tuple[Tensor, dict[str, Tensor]]:
+                 weights: Tensor | None = None, **knobs) -> tuple[Tensor, dict[str, Tensor]]:
         """``loss = aggregate(ℓ, mask, agg, group_size=, max_len=, denominator=)`` with
-        ``ℓ, metrics = fn(logprobs, old_logprobs, advantages, mask, **uses)`` -> ``(loss 0-dim, metrics)``.
+        ``ℓ, metrics = fn(logprobs, old_logprobs, advantages, mask, **uses)`` -> ``(loss 0-dim, metrics)``;
+        with ``weights`` ``w`` ``[B, T]``, ``ℓ·sg(w)`` is aggregated instead (``w`` off-mask is ignored).
 
         Knobs come from ``config`` (exactly ``uses``; ``incompatible`` keys read to refuse them), then by
         keyword, or positionally in the order ``knobs`` then ``agg`` (the historical signature
@@ -91,6 +96,8 @@ class PolicyLoss:
             raise TypeError(f"policy loss {self.name!r} takes no knob {', '.join(unknown)}; "
                             f"it uses {', '.join(self.uses) or 'none'}")
         per_token, metrics = self.fn(logprobs, old_logprobs, advantages, mask, **given)
+        if weights is not None:
+            per_token = per_token * masked_fill_zero(weights.detach().to(per_token.dtype), mask)
         loss = aggregate(per_token, as_bool_mask(mask), agg, group_size=group_size, max_len=max_len,
                          denominator=denominator)
         return loss, metrics

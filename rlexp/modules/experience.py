@@ -28,7 +28,7 @@ Tensor = torch.Tensor
 ROW_FIELDS = ("prompt_ids", "prompt_mask")
 #: the fields an update reads, sliced per minibatch; the others are diagnostics
 UPDATE_FIELDS = ROW_FIELDS + ("response_ids", "mask", "loss_mask", "old_logprobs", "advantages", "ref_logprobs",
-                              "old_values", "returns")
+                              "old_values", "returns", "rollout_logprobs")
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Experience:
     old_logprobs: Tensor | None = None
     #: [B, T] the reference policy's log-probs; None without a reference
     ref_logprobs: Tensor | None = None
+    #: [B, T] the sampler's log-probs (the rollout's, for the rollout correction); None = not recorded
+    rollout_logprobs: Tensor | None = None
     # ---- diagnostics (whole batch, not sliced)
     #: the rollout the experience was made from (None on a minibatch)
     rollout: RolloutBatch | None = None

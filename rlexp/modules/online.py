@@ -19,7 +19,8 @@ One ``training_step`` is one RL iteration, written top to bottom like the papers
    zero-variance, pass rates); rows left out of the loss (zero-variance groups, truncated or unscorable
    completions) get a zero ``loss_mask``;
 5. ``update`` — ``ppo_epochs`` × minibatches (whole groups when possible) of the registered policy loss
-   (``ppo_clip``, ``gspo``, ``cispo``, ``sapo``, or any other in ``core.POLICY_LOSSES``) + value loss for the
+   (``ppo_clip``, ``gspo``, ``cispo``, ``sapo``, or any other in ``core.POLICY_LOSSES``; per token weighted by
+   π_old/π_sampler with ``rollout_correction: tis|mis``) + value loss for the
    critic + entropy bonus + KL ``in_loss``, manual backward, grad-norm clip, optimizer steps (the
    micro-batch and guarded-step machinery is `rlexp.modules.update`). **The single pass**: with one epoch
    over one minibatch (`single_pass`), step 2 skips the actor's scoring pass (``old_logprobs`` stays None)
@@ -204,6 +205,7 @@ class OnlineRLModule(RunRecorder, UpdateSteps, L.LightningModule):
             advantages=(core.masked_whiten(advantages, stat_mask, all_reduce=self._reduce())
                         if a.whiten_advantages else advantages),
             old_values=values, returns=returns, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, rollout=batch,
+            rollout_logprobs=batch.rollout_logprobs,
             rewards=rewards, raw_advantages=advantages, mc_advantages=mc_advantages,
             zero_std_rows=None if zero_std is None else zero_std.float(), rollout_entropy=rollout_entropy, kl=kl)
 
@@ -233,10 +235,11 @@ class OnlineRLModule(RunRecorder, UpdateSteps, L.LightningModule):
         logprobs = core.logprobs_from_logits(logits, mb.response_ids)
         # single pass (see `single_pass`): on-policy, logπ_old = sg(logπ_θ), so ρ = 1 with its gradient
         old_logprobs = logprobs.detach() if mb.needs_old_logprobs else mb.old_logprobs
+        weights, is_metrics = self._rollout_is_weights(mb, old_logprobs)  # the rollout correction (none: None)
         # the registered loss takes exactly its `uses` from the config and aggregates its per-token losses once
         loss, metrics = self.policy_loss_fn(logprobs, old_logprobs, mb.advantages, mask, config=a,
-                                            denominator=denominator, **agg)
-        metrics = {"policy_loss": loss.detach(), **metrics}
+                                            denominator=denominator, weights=weights, **agg)
+        metrics = {"policy_loss": loss.detach(), **metrics, **is_metrics}
         if a.entropy_coef > 0:
             entropy = core.entropy_from_logits(logits)
             loss = loss - a.entropy_coef * core.aggregate(entropy, mask, a.loss_agg, **red)

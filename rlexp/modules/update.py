@@ -11,6 +11,9 @@ accumulated step on a minibatch:
 3. `_optimizer_step`: grad-norm clip, then the step, unless the loss or the gradient norm is non-finite;
    ``trainer.max_bad_steps`` such steps in a row stop the run with an error naming the quantity.
 
+`_rollout_is_weights` gives the actor's loss the rollout correction's per-token weights
+(``algorithm.rollout_correction``, `rlexp.core.rollout_is_weights`).
+
 The host provides ``algo``, ``world``, ``all_sum``, ``all_min``, ``manual_backward``, ``micro_batch_size``,
 ``local_minibatch_size``, ``max_bad_steps``, ``bad_steps``, ``skipped_steps`` and ``iteration``.
 """
@@ -91,6 +94,18 @@ class UpdateSteps:
             if bad:
                 break
         return Step(self._combine(parts), self._optimizer_step(opt, params, name, bad), forwards)
+
+    def _rollout_is_weights(self, mb: Experience, old_logprobs: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """The rollout correction of micro-batch ``mb``: detached weights ``[b, t]`` from ``π_old/π_sampler``
+        on its loss mask and their metrics; ``(None, {})`` with ``algorithm.rollout_correction=none``."""
+        mode = self.algo.rollout_correction
+        if mode == "none":
+            return None, {}
+        if mb.rollout_logprobs is None:
+            raise ValueError(f"algorithm.rollout_correction={mode} needs the sampler's log-prob of each sampled token "
+                             "and this rollout did not record them (RolloutBatch.rollout_logprobs is None); use "
+                             "algorithm.rollout_correction=none or a rollout engine that returns them")
+        return core.rollout_is_weights(old_logprobs, mb.rollout_logprobs, mb.loss_mask, mode, self.algo.rollout_is_cap)
 
     def _backward(self, loss: torch.Tensor, name: str) -> str | None:
         """Backward of one (micro-)batch loss, unless it is NaN/Inf on any worker (then every worker skips
