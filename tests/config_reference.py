@@ -137,7 +137,7 @@ def _type_text(annotation: str) -> str:
     t = str(annotation)
     optional = t.startswith("Optional[")
     t = t.removeprefix("Optional[").removesuffix("]") if optional else t
-    t = {"List[str]": "list of str", "Any": "any", "dict": "mapping"}.get(t, t)
+    t = {"List[str]": "list of str", "List[int]": "list of int", "Any": "any", "dict": "mapping"}.get(t, t)
     return f"{t} or null" if optional else t
 
 
@@ -174,7 +174,9 @@ def _section(title: str, intro: str, schema: type, base: dict, others: dict[str,
     out += [head, "|" + " --- |" * (head.count("|") - 1)]
     for key, f in schema_fields(schema):
         value = _select(base, key)
-        row = [f"`{key}`", _type_text(f.type), _cell(range_text(dict(f.metadata))), _cell(_value_text(value))]
+        allowed = range_text(dict(f.metadata))
+        allowed = f"each {allowed}" if allowed and str(f.type).startswith("List[") else allowed
+        row = [f"`{key}`", _type_text(f.type), _cell(allowed), _cell(_value_text(value))]
         if others:
             differ = [f"{name}: {_value_text(_select(o, key))}" for name, o in others.items()
                       if _select(o, key) != value and key != "name"]

@@ -13,10 +13,13 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 
-def spec(*, ge=None, gt=None, le=None, lt=None, choices=None, registry=None, default=MISSING):
-    """A field with constraints: numeric bounds, a fixed set of choices, or a core registry name."""
+def spec(*, ge=None, gt=None, le=None, lt=None, choices=None, registry=None, default=MISSING, default_factory=None):
+    """A field with constraints: numeric bounds, a fixed set of choices, or a core registry name (on a list:
+    for each of its elements)."""
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, registry=registry).items()
             if v is not None}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -161,13 +164,24 @@ class HFModelConfig(_ModelCommon):
 
 
 @dataclass
+class TaskEvalConfig:
+    """``task.eval``: the pass@k evaluation (off while ``pass_k`` is empty). A list's bounds hold for each
+    element; ``pass_samples`` ≥ the largest k is checked by ``rlexp.tasks.base.pass_at_k_settings``."""
+    pass_k: List[int] = spec(ge=1, default_factory=list)
+    pass_samples: Optional[int] = spec(ge=1, default=None)
+    pass_prompts: Optional[int] = spec(ge=1, default=None)
+
+
+@dataclass
 class _TaskCommon:
-    """Keys every task option has (rlexp.tasks.base.Task's own arguments): its name, token budget, reward."""
+    """Keys every task option has (rlexp.tasks.base.Task's own arguments): its name, token budget, reward,
+    the pass@k evaluation."""
     _target_: str = MISSING
     name: str = MISSING
     max_new_tokens: int = spec(ge=1)
     on_reward_error: str = spec(choices=("raise", "skip"), default="raise")
     reward: Any = MISSING
+    eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
 
 
 @dataclass

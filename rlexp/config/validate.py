@@ -16,7 +16,7 @@ from pathlib import Path
 import dataclasses
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind
@@ -32,6 +32,10 @@ def _fmt(value: Any) -> str:
 
 def _check_field(key: str, value: Any, meta: dict, registry_checks: list) -> None:
     if value is None or not meta:
+        return
+    if isinstance(value, (list, ListConfig)):  # a list's constraints hold for each element
+        for i, item in enumerate(value):
+            _check_field(f"{key}[{i}]", item, meta, registry_checks)
         return
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"{key}={_fmt(value)} is not a known option; allowed: {', '.join(meta['choices'])}")

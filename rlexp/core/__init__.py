@@ -4,10 +4,10 @@ Masked statistics, advantage estimators (GAE, REINFORCE++ returns and group-rela
 GRPO, Dr. GRPO, RLOO), KL estimators, loss aggregation, log-prob/entropy helpers, policy
 losses (PPO clip, GSPO, CISPO, SAPO; the :class:`PolicyLoss` contract), the rollout correction's
 importance weights (TIS, MIS), value loss, DAPO
-overlong reward shaping and preference losses (DPO, IPO, SLiC hinge), plus the name
-registries that let configs select among them.  Tensor convention: response tensors are
-``[B, T]``, right-padded, with a prefix ``mask``; completions of one prompt are
-consecutive rows (groups of ``group_size``); see each module's docstring.
+overlong reward shaping, preference losses (DPO, IPO, SLiC hinge) and the unbiased pass@k
+estimator, plus the name registries that let configs select among them.  Tensor convention:
+response tensors are ``[B, T]``, right-padded, with a prefix ``mask``; completions of one prompt
+are consecutive rows (groups of ``group_size``); see each module's docstring.
 """
 
 from .advantages import (
@@ -25,6 +25,7 @@ from .dpo import DPO_LOSSES, dpo_loss
 from .kl import KL_ESTIMATORS, kl_estimate
 from .logprobs import entropy_from_logits, logprobs_from_logits
 from .losses import POLICY_LOSSES, PolicyLoss, policy_loss, ppo_policy_loss, value_loss
+from .passk import mean_pass_at_k, pass_at_k
 from .policy_losses import cispo_policy_loss, gspo_policy_loss, sapo_policy_loss
 from .registry import Registry
 from .rollout_correction import ROLLOUT_CORRECTIONS, rollout_is_weights
@@ -58,7 +59,9 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "mean_pass_at_k",
     "overlong_penalty",
+    "pass_at_k",
     "policy_loss",
     "ppo_policy_loss",
     "rloo_advantages",

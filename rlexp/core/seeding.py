@@ -21,12 +21,16 @@ The streams (each the formula that its call site used before it came here, so sa
     PROMPT_DRAW        7919       0    PromptPool: the prompts of iteration i, draw d (DAPO's dynamic sampling)
     ROLLOUT               1       0    rejection sampling: ``torch.manual_seed`` while round i's completions
                                        are sampled (under ``fork_rng``: the global streams are untouched)
+    PASS_AT_K          7901       0    the pass@k evaluation logged at step i: ``seeded`` while its completions
+                                       are sampled, so that turning it on leaves every training stream as it was
 
 The first three are the *step streams* (stride 7, index = the ``salt`` of
-`rlexp.modules.data.step_generator`). Pure arithmetic and ``torch.Generator``: no Lightning, no config.
+`rlexp.modules.data.step_generator`). ``seeded`` runs a block under a fixed seed without disturbing the
+global streams. Pure arithmetic and torch: no Lightning, no config.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -49,6 +53,7 @@ WARMSTART_BATCHES = Stream(STEP_STRIDE, 2)
 ACCEPTED_ORDER = Stream(STEP_STRIDE, 3)
 PROMPT_DRAW = Stream(7919, 0)
 ROLLOUT = Stream(1, 0)
+PASS_AT_K = Stream(7901, 0)
 
 
 def derive_seed(seed: int, iteration: int, stream: Stream, draw: int = 0) -> int:
@@ -60,3 +65,14 @@ def derive_seed(seed: int, iteration: int, stream: Stream, draw: int = 0) -> int
 def generator(seed: int, iteration: int, stream: Stream, draw: int = 0) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with `derive_seed` ``(seed, iteration, stream, draw)``."""
     return torch.Generator().manual_seed(derive_seed(seed, iteration, stream, draw))
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run a block (sampling) under ``torch.manual_seed(seed)`` without disturbing the global RNG streams: the
+    CPU one and ``device``'s when it is a CUDA device are restored afterwards (``torch.random.fork_rng``)."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -128,4 +128,5 @@ def build_sft(cfg, task, model_dir: Path):
     from rlexp.modules.sft_run import SFTRunModule
 
     tokenizer, model, run = _offline_common(cfg, task, model_dir)
-    return SFTRunModule(algo=cfg.algorithm, model=model, tokenizer=tokenizer, task=task, **run), None
+    return SFTRunModule(algo=cfg.algorithm, model=model, tokenizer=tokenizer, task=task, rollout=cfg.rollout,
+                        **run), None

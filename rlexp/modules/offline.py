@@ -11,19 +11,19 @@ batches). Per-step metrics are gathered in ``self.step_metrics`` by ``training_s
 ``RunArtifacts`` at the same batch end.
 
 Also here: ``step_loader`` (a loader of exactly ``max_steps`` batches that goes over a dataset epoch
-by epoch in a seeded order), ``sequence_logprobs`` and ``seeded`` (sampling that depends only on a
-seed, not on what ran before).
+by epoch in a seeded order), ``sequence_logprobs`` and ``seeded`` (from ``rlexp.core.seeding``: sampling
+that depends only on a seed, not on what ran before).
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from rlexp import core
+from rlexp.core.seeding import seeded  # noqa: F401  (the offline modules import it from here)
 from rlexp.models import response_logits
 from rlexp.modules.record import RunRecorder
 
@@ -110,12 +110,3 @@ def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, mask, *, fp3
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, mask, fp32=fp32)  # [B, T, V]
     return core.masked_sum(core.logprobs_from_logits(logits, response_ids), mask, dim=-1)
 
-
-@contextmanager
-def seeded(seed: int, device: torch.device):
-    """Run sampling under a fixed seed without disturbing the global RNG streams."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

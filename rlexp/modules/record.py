@@ -1,16 +1,19 @@
 """The run contract every rlexp LightningModule keeps, in one mixin.
 
 ``history`` holds every logged metrics dict with its ``"step"``; ``last_eval`` the latest greedy
-evaluation (``eval/reward_mean``...); ``pending_samples`` the sample tables waiting to be logged as
-artifacts (``rlexp.tracking.RunArtifacts``). Metrics go to the Lightning logger (MLflow) at an
-explicit step. The module provides ``policy_model``, ``tokenizer``, ``task``, ``max_new_tokens`` and
-``num_samples_logged``.
+evaluation (``eval/reward_mean``...), with the pass@k one when ``task.eval.pass_k`` asks for it;
+``pending_samples`` the sample tables waiting to be logged as artifacts (``rlexp.tracking.RunArtifacts``).
+Metrics go to the Lightning logger (MLflow) at an explicit step. The module provides ``policy_model``,
+``tokenizer``, ``task``, ``max_new_tokens``, ``num_samples_logged``, ``seed`` and, where it samples,
+``rollout_cfg`` (the pass@k evaluation samples at its temperature and top_p).
 """
 from __future__ import annotations
 
 import torch
 
-from rlexp.rollout import evaluate
+from rlexp.core import pass_at_k
+from rlexp.core.seeding import PASS_AT_K, derive_seed, seeded
+from rlexp.rollout import evaluate, sample_correct
 
 
 class RunRecorder:
@@ -84,8 +87,36 @@ class RunRecorder:
             metrics = {"eval/reward_mean": sums[0] / sums[1] if sums[1] else float("nan"),
                        "eval/accuracy": sums[2] / max(sums[4], 1.0),
                        "eval/response_length": sums[3] / max(sums[4], 1.0), "eval/reward_errors": sums[5]}
+        metrics.update(self.pass_at_k_metrics(step))
         self.last_eval = {"step": step, **metrics}
         if res.samples:
             self.pending_samples.append((step, res.samples))
         self._log(metrics, step)
         return metrics
+
+    def pass_at_k_metrics(self, step: int) -> dict:
+        """``eval/pass_at_K`` for each k of ``task.pass_k`` (averaged over the prompts) and
+        ``eval/sampled_reward_mean``: ``task.pass_samples`` completions of each of the first
+        ``task.pass_prompts`` held-out prompts (each worker its share), sampled at the rollout's temperature and
+        top_p under the run's PASS_AT_K seed of ``step`` (the global RNG streams are restored after it, so
+        training is the same with it or without it). ``{}`` when ``task.pass_k`` is empty."""
+        task = self.task
+        ks, n = getattr(task, "pass_k", None), getattr(task, "pass_samples", 0)
+        if not ks:
+            return {}
+        rank, ws = self.world
+        examples = task.eval_examples[:task.pass_prompts][rank::ws]
+        r = getattr(self, "rollout_cfg", None)
+        temperature, top_p = (float(r.temperature), float(r.top_p)) if r is not None else (1.0, 1.0)
+        with seeded(derive_seed(self.seed, step, PASS_AT_K, draw=rank), self.device):
+            res = sample_correct(self.policy_model, self.tokenizer, task, examples, n=n,
+                                 max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p)
+        scored = len(examples) * n - res.reward_errors
+        sums = [sum(pass_at_k(n, c, k) for c in res.correct_counts) for k in ks]
+        sums += [float(len(examples)), res.reward_mean * scored if scored else 0.0, float(scored)]
+        if ws > 1:  # sums over every worker's prompts
+            sums = self.all_sum(torch.tensor(sums, dtype=torch.float64, device=self.device)).tolist()
+        prompts, reward_sum, scored = sums[len(ks):]
+        out = {f"eval/pass_at_{k}": (s / prompts if prompts else float("nan")) for k, s in zip(ks, sums)}
+        out["eval/sampled_reward_mean"] = reward_sum / scored if scored else float("nan")
+        return out

@@ -16,10 +16,11 @@ from rlexp.rollout import collate_supervised
 
 class SFTRunModule(OfflineRunMixin, SFTModule):
     def __init__(self, *, algo, model, tokenizer, task, seed: int = 0, max_steps: int = 1, eval_every: int = 1,
-                 num_samples_logged: int = 0, max_new_tokens: int = 8, fp32_logits: bool = True):
+                 num_samples_logged: int = 0, max_new_tokens: int = 8, fp32_logits: bool = True, rollout=None):
         super().__init__(model, lr=algo.lr, warmup_steps=algo.warmup_steps, weight_decay=algo.weight_decay,
                          fp32_logits=fp32_logits)
         self.algo = algo
+        self.rollout_cfg = rollout  # its temperature / top_p: the pass@k evaluation's sampling (task.eval)
         self.init_run(tokenizer=tokenizer, task=task, seed=seed, max_steps=max_steps, eval_every=eval_every,
                       num_samples_logged=num_samples_logged, max_new_tokens=max_new_tokens,
                       max_grad_norm=algo.max_grad_norm)

@@ -1,9 +1,13 @@
-"""Greedy evaluation on held-out prompts: mean task reward, exact-match accuracy and samples.
+"""Evaluation on held-out prompts: greedy (mean task reward, accuracy, samples) and pass@k sampling.
 
 ``reward_mean`` is the mean over the completions the reward function could score: those it could not
 (``task.on_reward_error=skip``) are left out of it and counted in ``reward_errors``, not scored 0.
 When it could score none, ``reward_mean`` is NaN (logged as such: the comparison tools and the
 summaries read NaN as "no value"), never a misleading 0.
+
+``sample_correct`` draws ``n`` completions per prompt at the rollout's temperature / top_p for the pass@k
+estimate (``rlexp.core.pass_at_k``): per prompt, how many the task judges correct (``task.is_correct``),
+and the mean task reward of the scorable ones. It draws from the global RNG: its caller seeds it.
 """
 from __future__ import annotations
 
@@ -53,3 +57,35 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_t
     n = max(len(correct), 1)
     reward_mean = sum(rewards) / len(rewards) if rewards else float("nan")
     return EvalResult(reward_mean, sum(correct) / n, sum(lengths) / n, samples, errors)
+
+
+@dataclass
+class SampledResult:
+    #: per example, how many of its ``n`` sampled completions the task judges correct (``task.is_correct``)
+    correct_counts: list[int]
+    #: mean task reward over the scorable sampled completions; NaN when there was none
+    reward_mean: float
+    #: sampled completions the reward function could not score (``task.on_reward_error=skip``)
+    reward_errors: int = 0
+
+
+@torch.no_grad()
+def sample_correct(model, tokenizer, task: Task, examples: list[Example], *, n: int, max_new_tokens: int,
+                   temperature: float, top_p: float, batch_size: int = 256) -> SampledResult:
+    """Sample ``n`` completions of every example (its rows consecutive, ``batch_size`` rows per ``generate``)
+    at ``temperature`` / ``top_p``, score them with the task's reward and count, per example, those
+    ``task.is_correct`` accepts (the greedy evaluation's ``accuracy`` test)."""
+    rows = [e for e in examples for _ in range(n)]
+    rewards, errors, correct = [], 0, []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
+                                                    max_new_tokens=max_new_tokens, do_sample=True,
+                                                    temperature=temperature, top_p=top_p,
+                                                    chat_template=task.chat_template)
+        _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True)
+        rewards += [s for s, f in zip(scores.tolist(), failed.tolist()) if not f]
+        errors += int(failed.sum())
+        correct += [bool(task.is_correct(e, text, done)) for e, text, done in zip(chunk, texts, finished.tolist())]
+    counts = [sum(correct[i * n:(i + 1) * n]) for i in range(len(examples))]
+    return SampledResult(counts, sum(rewards) / len(rewards) if rewards else float("nan"), errors)

@@ -23,9 +23,9 @@ class ArithmeticTask(Task):
 
     def __init__(self, *, name: str = "arithmetic", min_operand: int = 0, max_operand: int = 99,
                  num_eval: int = 200, split_seed: int = 1234, max_new_tokens: int = 8, reward=None,
-                 on_reward_error: str = "raise"):
+                 on_reward_error: str = "raise", **common):
         super().__init__(name=name, reward=reward or exact_match, max_new_tokens=max_new_tokens,
-                         on_reward_error=on_reward_error)
+                         on_reward_error=on_reward_error, **common)
         self.min_operand, self.max_operand = min_operand, max_operand
         self.width = len(str(max_operand))
         self.num_eval, self.split_seed = num_eval, split_seed

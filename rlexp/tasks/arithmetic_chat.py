@@ -34,7 +34,8 @@ class ArithmeticChatTask(ArithmeticTask):
     def __init__(self, *, name: str = "arithmetic_chat",
                  prompt_template: str = "What is {a} + {b}? Reply with just the number.",
                  chat_template: bool = True, min_operand: int = 0, max_operand: int = 99, num_eval: int = 200,
-                 split_seed: int = 1234, max_new_tokens: int = 16, reward=None, on_reward_error: str = "raise"):
+                 split_seed: int = 1234, max_new_tokens: int = 16, reward=None, on_reward_error: str = "raise",
+                 **common):
         try:
             prompt_template.format(a=1, b=2)
         except (KeyError, IndexError, ValueError) as e:
@@ -43,7 +44,7 @@ class ArithmeticChatTask(ArithmeticTask):
         self.prompt_template = prompt_template  # read by _example, which the parent's __init__ calls
         super().__init__(name=name, min_operand=min_operand, max_operand=max_operand, num_eval=num_eval,
                          split_seed=split_seed, max_new_tokens=max_new_tokens, reward=reward or number_match,
-                         on_reward_error=on_reward_error)
+                         on_reward_error=on_reward_error, **common)
         self.chat_template = chat_template
 
     def _example(self, a: int, b: int) -> Example:

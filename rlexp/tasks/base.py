@@ -231,6 +231,21 @@ def _raises_on_every_other(fn, prompts, completions, kw, first: int) -> bool:
 _warned_batch: set[str] = set()
 
 
+def pass_at_k_settings(eval: Mapping | None) -> tuple[list[int], int, int | None]:  # noqa: A002
+    """``(ks, n, prompts)`` from ``task.eval``: the sorted distinct ``pass_k``, the samples per prompt
+    (``pass_samples``; null = the largest k) and ``pass_prompts`` (None = every held-out prompt). An ``n``
+    below the largest k is an error naming both keys (an estimate of pass@k needs n ≥ k samples)."""
+    eval = eval or {}
+    ks = sorted({int(k) for k in (eval.get("pass_k") or [])})
+    if ks and ks[0] < 1:
+        raise ValueError(f"task.eval.pass_k={ks}: every k must be >= 1")
+    n = eval.get("pass_samples")
+    if ks and n is not None and n < ks[-1]:
+        raise ValueError(f"task.eval.pass_samples={n} must be >= the largest task.eval.pass_k ({ks[-1]}): "
+                         f"pass@k needs at least k samples per prompt")
+    return ks, (int(n) if n is not None else (ks[-1] if ks else 0)), eval.get("pass_prompts")
+
+
 class Task:
     """Base class: a name, a training pool, a held-out split, a reward function and a token budget."""
 
@@ -241,10 +256,14 @@ class Task:
     #: wrap each prompt with the tokenizer's chat template as a user turn when encoding it
     chat_template: bool = False
 
-    def __init__(self, *, name: str, reward: Callable, max_new_tokens: int, on_reward_error: str = "raise"):
+    def __init__(self, *, name: str, reward: Callable, max_new_tokens: int, on_reward_error: str = "raise",
+                 eval: Mapping | None = None):  # noqa: A002 - the config key `task.eval`
         if on_reward_error not in REWARD_ERROR_MODES:
             raise ValueError(f"task.on_reward_error={on_reward_error}: expected one of {', '.join(REWARD_ERROR_MODES)}")
         self.name = name
+        #: pass@k evaluation (``task.eval``): the ks (sorted, empty = off), the samples per prompt n, and how
+        #: many held-out prompts it uses (None = all)
+        self.pass_k, self.pass_samples, self.pass_prompts = pass_at_k_settings(eval)
         self.reward = reward
         #: what a reward function that raises (or returns NaN/Inf, a string, None...) for a completion does:
         #: stop the run, or skip the completion
