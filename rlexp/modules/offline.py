@@ -109,4 +109,3 @@ def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, mask, *, fp3
     """``log π(y|x) = Σ_t mask_t · log π(y_t|x, y_<t)``: ``[B]``, summed over the completion's tokens."""
     logits = response_logits(model, prompt_ids, prompt_mask, response_ids, mask, fp32=fp32)  # [B, T, V]
     return core.masked_sum(core.logprobs_from_logits(logits, response_ids), mask, dim=-1)
-
