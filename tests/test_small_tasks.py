@@ -102,3 +102,18 @@ def test_params_leave_out_what_a_run_does_not_use():
     params, tag = run_params(compose(["model.lora.enabled=true"]))
     assert params["model.lora.r"] == "16" and params["model.warmstart.lr"] == "0.001" and tag == ""
 
+
+
+def test_a_job_refused_at_start_up_records_the_same_params(mlflow_uri, tmp_path):
+    """A sweep job refused before it ran (``record_failed_run``) logs the params its run would have logged, so
+    that `rlexp compare` folds it into its configuration."""
+    from rlexp.tracking import record_failed_run
+
+    cfg = compose(["model.warmstart.enabled=false", f"tracking.uri={mlflow_uri}", "tracking.experiment=small-refused"])
+    record_failed_run(cfg, launch_dir=tmp_path, overrides=["model.warmstart.enabled=false"], error="refused")
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("small-refused").experiment_id])[0]
+    assert run.info.status == "FAILED" and "model.warmstart.lr" not in run.data.params
+    assert run.data.params["model.warmstart.enabled"] == "False" and "model.warmstart.*" in \
+        run.data.tags["rlexp.inactive_params"]
+
