@@ -80,6 +80,8 @@ TABLE = [
      "hardware.accelerator=cuda (hardware=cpu) needs CUDA"),
     ("fp16 mixed precision on CPU", ["hardware.precision=16-mixed"], 2,
      "hardware.precision=16-mixed needs a GPU: on CPU Lightning would run bf16-mixed instead"),
+    ("vLLM's sleep mode on the CPU", ["rollout.engine=vllm", "rollout.vllm.sleep_between_rollouts=true"], 2,
+     "rollout.vllm.sleep_between_rollouts=true needs a GPU"),
     ("a cache directory that is a file", ["model.cache_dir={tmp}/a_file"], 2, "a_file is a file, not a directory"),
     ("a cache directory that cannot be written", ["model.cache_dir=/proc/rlexp-cache"], 2,
      "model.cache_dir=/proc/rlexp-cache: cannot be written"),

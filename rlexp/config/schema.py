@@ -228,10 +228,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """``rollout.vllm``: the colocated vLLM engine (``rollout.engine=vllm``; rlexp.rollout.engines.vllm)."""
+    gpu_memory_utilization: float = spec(gt=0.0, le=1.0)
+    kv_cache_gib: float = spec(gt=0.0)
+    enforce_eager: bool = MISSING
+    dtype: str = spec(choices=("auto",) + DTYPES)
+    sleep_between_rollouts: bool = MISSING
+    max_num_seqs: int = spec(ge=1)
+
+
+@dataclass
 class RolloutConfig:
     temperature: float = spec(gt=0.0)
     top_p: float = spec(gt=0.0, le=1.0)
     max_new_tokens: Optional[int] = spec(ge=1, default=None)
+    engine: str = spec(choices=("hf", "vllm"), default="hf")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass

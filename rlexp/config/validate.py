@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlexp.config.engines import check_rollout_engine
 from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind
 
 
@@ -347,6 +348,7 @@ def validate(cfg: DictConfig) -> None:
     if resume is not None and resume != "auto" and not Path(str(resume)).expanduser().is_file():
         raise ConfigError(f"resume={resume}: no such checkpoint file (a path to a .ckpt file, or `auto`)")
     _check_combinations(cfg)
+    check_rollout_engine(cfg, ConfigError)  # rollout.engine=vllm: installed, the architecture
     _check_task(cfg)
     if cfg.get("task") is not None:
         _check_reward_target(cfg.task, "_target_")

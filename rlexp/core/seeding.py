@@ -23,6 +23,8 @@ The streams (each the formula that its call site used before it came here, so sa
                                        are sampled (under ``fork_rng``: the global streams are untouched)
     PASS_AT_K          7901       0    the pass@k evaluation logged at step i: ``seeded`` while its completions
                                        are sampled, so that turning it on leaves every training stream as it was
+    ROLLOUT_ENGINE     7907       0    rollout.engine=vllm: the sampling seeds of iteration i, draw d (request j of
+                                       that rollout: ``derive_seed · 2^20 + j``, `rlexp.rollout.engines.vllm`)
 
 The first three are the *step streams* (stride 7, index = the ``salt`` of
 `rlexp.modules.data.step_generator`). ``seeded`` runs a block under a fixed seed without disturbing the
@@ -54,6 +56,7 @@ ACCEPTED_ORDER = Stream(STEP_STRIDE, 3)
 PROMPT_DRAW = Stream(7919, 0)
 ROLLOUT = Stream(1, 0)
 PASS_AT_K = Stream(7901, 0)
+ROLLOUT_ENGINE = Stream(7907, 0)
 
 
 def derive_seed(seed: int, iteration: int, stream: Stream, draw: int = 0) -> int:

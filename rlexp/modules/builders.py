@@ -54,6 +54,7 @@ def build_online(cfg, task, model_dir: Path):
     """PPO and the GRPO family: actor (from ``model_dir``), critic and reference as the config asks."""
     from rlexp.models import ValueModel, apply_lora
     from rlexp.modules.data import iteration_loader
+    from rlexp.modules.engine import engine_options
     from rlexp.modules.online import OnlineRLModule
 
     m, a = cfg.model, cfg.algorithm
@@ -73,6 +74,7 @@ def build_online(cfg, task, model_dir: Path):
                             fp32_logits=m.fp32_logits, max_bad_steps=cfg.trainer.max_bad_steps,
                             max_unscored_steps=cfg.trainer.max_unscored_steps,
                             micro_batch_size=cfg.hardware.get("micro_batch_size"))
+    module.configure_engine(cfg.rollout.get("engine", "hf"), engine_options(cfg))  # built when first used
     return module, iteration_loader(cfg.trainer.max_steps)
 
 

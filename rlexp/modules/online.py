@@ -47,6 +47,7 @@ import torch
 from rlexp import core
 from rlexp.models import reference_forward, response_logits, response_values
 from rlexp.modules.data import step_generator
+from rlexp.modules.engine import RolloutEngines
 from rlexp.modules.experience import Experience
 from rlexp.modules.online_metrics import iteration_metrics, throughput_metrics
 from rlexp.modules.record import RunRecorder
@@ -61,7 +62,7 @@ class ActorForward(NamedTuple):
     entropy: torch.Tensor
 
 
-class OnlineRLModule(RunRecorder, UpdateSteps, L.LightningModule):
+class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
                  max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
                  max_bad_steps: int = 3, micro_batch_size: int | None = None, lora_reference: bool = False,
@@ -135,7 +136,7 @@ class OnlineRLModule(RunRecorder, UpdateSteps, L.LightningModule):
         examples, idx = self.sample_prompts(self.iteration, draw)
         batch = generate_rollout(self.actor, self.tokenizer, self.task, examples, num_generations=a.num_generations,
                                  max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                 prompt_index=idx)
+                                 prompt_index=idx, engine=self.rollout_engine(draw))
         if a.overlong_penalty > 0:  # DAPO soft overlong punishment: the score is shaped, the verdict is not
             batch.token_rewards, batch.scores = core.add_overlong_penalty(
                 batch.token_rewards, batch.scores, batch.mask, a.overlong_max_len or self.max_new_tokens,

@@ -70,12 +70,18 @@ class RunRecorder:
         if self.logger is not None and new:
             self.logger.log_metrics(new, step=step)
 
+    def eval_engine(self):
+        """The rollout engine that decodes the greedy evaluation (`rlexp.rollout.engines`); None: the policy's
+        own ``generate`` (modules with a ``rollout.engine`` override it: `rlexp.modules.engine`)."""
+        return None
+
     def run_eval(self, step: int) -> dict:
         """Greedy evaluation of ``policy_model`` on the task's held-out prompts, logged at ``step``."""
         rank, ws = self.world
         examples = self.task.eval_examples[rank::ws]  # each worker its share; the sums are reduced
         res = evaluate(self.policy_model, self.tokenizer, self.task, examples,
-                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged if rank == 0 else 0)
+                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged if rank == 0 else 0,
+                       engine=self.eval_engine())
         metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
                    "eval/response_length": res.response_length, "eval/reward_errors": float(res.reward_errors)}
         if ws > 1:  # reward_mean: over the scorable completions of all workers (NaN when none)

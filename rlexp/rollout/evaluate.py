@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlexp.rollout.generate import sample, score
+from rlexp.rollout.generate import sample, sampler, score
 from rlexp.tasks.base import Example, Task
 
 
@@ -32,10 +32,12 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_tokens: int,
-             batch_size: int = 256, num_samples: int = 0) -> EvalResult:
+             batch_size: int = 256, num_samples: int = 0, engine=None) -> EvalResult:
     """Greedy-decode every example; ``accuracy``: the share the task judges correct (``task.is_correct``;
     by default the completion text equals the target and ended with EOS), over all of them.
-    A sample's ``reward`` is None where the reward function could not score it."""
+    A sample's ``reward`` is None where the reward function could not score it. ``engine``: a rollout engine
+    (`rlexp.rollout.engines`) that decodes instead of the policy's ``generate``."""
+    sample = sampler(engine)
     was_training = model.training
     model.eval()
     rewards, errors, correct, lengths, samples = [], 0, [], [], []

@@ -141,11 +141,21 @@ def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, fi
     return (*out, failed) if with_failed else out
 
 
+def sampler(engine=None):
+    """`sample` itself (``engine`` None: the policy's ``generate``), or a rollout engine's ``sample`` behind
+    the same signature (it needs no model or tokenizer: it has its own)."""
+    if engine is None:
+        return sample
+    return lambda model, tokenizer, prompts, **kwargs: engine.sample(prompts, **kwargs)
+
+
 def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, num_generations: int,
                      max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                     prompt_index: list[int] | None = None) -> RolloutBatch:
+                     prompt_index: list[int] | None = None, engine=None) -> RolloutBatch:
     """Sample ``num_generations`` completions per example (consecutive rows) and score them.
-    ``prompt_index`` (one per example) records where each prompt sits in the training pool."""
+    ``prompt_index`` (one per example) records where each prompt sits in the training pool. ``engine``: a
+    rollout engine (`rlexp.rollout.engines`) that samples instead of the policy's ``generate``."""
+    sample = sampler(engine)
     rows = [e for e in examples for _ in range(num_generations)]
     prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
