@@ -8,7 +8,7 @@ key) and then checks every constraint, before any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -199,6 +199,19 @@ class ArithmeticChatTaskConfig(ArithmeticTaskConfig):
 
 
 @dataclass
+class ReasoningGymTaskConfig(_TaskCommon):
+    """``task=reasoning_gym``: the generator and its config are checked by the task (reasoning-gym's registry
+    and config dataclasses, rlexp.tasks.reasoning_gym)."""
+    dataset: str = MISSING
+    config: Dict[str, Any] = field(default_factory=dict)
+    seed: int = spec(ge=0)
+    size: int = spec(ge=1)
+    num_eval: int = spec(ge=1)
+    chat_template: bool = MISSING
+    system_prompt: Optional[str] = None
+
+
+@dataclass
 class HardwareConfig:
     name: str = MISSING
     accelerator: str = spec(choices=("cpu", "gpu", "cuda", "mps", "auto"))
@@ -272,7 +285,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
                   "sft": SFTConfig},
     "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
     "task": {"rlexp.tasks.arithmetic.ArithmeticTask": ArithmeticTaskConfig,
-             "rlexp.tasks.arithmetic_chat.ArithmeticChatTask": ArithmeticChatTaskConfig},
+             "rlexp.tasks.arithmetic_chat.ArithmeticChatTask": ArithmeticChatTaskConfig,
+             "rlexp.tasks.reasoning_gym.ReasoningGymTask": ReasoningGymTaskConfig},
     "hardware": {"*": HardwareConfig},
     "tracking": {"*": TrackingConfig},
     "rollout": {"*": RolloutConfig},
