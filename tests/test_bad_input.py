@@ -53,6 +53,14 @@ TABLE = [
     ("a pass@k k below 1", ["task.eval.pass_k=[0,4]"], 2, "task.eval.pass_k[0]=0 is out of range: must be >= 1"),
     ("a reward function that cannot be imported", ["task.reward._target_=nowhere.reward"], 2,
      "task: Error locating target 'nowhere.reward'"),
+    ("a weighted reward without a weight", ["task.rewards=[{_target_:rlexp.tasks.rewards.numeric_match}]"], 2,
+     "task.rewards[0].weight is missing: each component needs a weight"),
+    ("a weighted reward that cannot be imported",
+     ["task.rewards=[{_target_:rlexp.tasks.rewards.numeric_match,weight:1},{_target_:nowhere.reward,weight:0.5}]"], 2,
+     "task: Error locating target 'nowhere.reward' (task.rewards[1]._target_)"),
+    ("two weighted rewards of one name", ["task.rewards=[{_target_:rlexp.tasks.rewards.numeric_match,weight:1,name:r},"
+                                          "{_target_:rlexp.tasks.rewards.format,weight:0.1,name:r}]"], 2,
+     "task.rewards[1].name=r is already the name of task.rewards[0]"),
     ("a task class that cannot be imported", ["task._target_=nowhere.Task"], 2,
      "task: Error locating target 'nowhere.Task' (task._target_)"),
     ("a hardware value out of range", ["hardware.devices=0"], 2, "hardware.devices=0"),
@@ -154,7 +162,7 @@ def refusal(overrides: list[str], tmp: Path, capsys) -> tuple[int, str]:
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(tmp).resolve()]
     try:
         with pytest.raises(SystemExit) as e:
-            main(["train", *base, "tracking=none", *[o.format(tmp=tmp) for o in overrides]])
+            main(["train", *base, "tracking=none", *[o.replace("{tmp}", str(tmp)) for o in overrides]])
     finally:
         os.chdir(cwd)
         sys.path[:] = path

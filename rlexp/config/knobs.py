@@ -6,11 +6,13 @@ the config to the reason (e.g. ``lam`` with a group estimator, ``critic_lr`` wit
 knob its ``policy_loss`` does not use, ``clip_eps`` when the update is one step on the whole rollout).  The
 estimator's and the loss's own metadata (``uses``, ``needs_critic``) decide; no algorithm is named here.
 ``rlexp.train`` warns about every such key that was set on the command line or by a sweep, and tags the
-MLflow run with them (``rlexp.dead_knobs``).
+MLflow run with them (``rlexp.dead_knobs``); so are ``task.reward`` keys while ``task.rewards`` replaces it
+(``dead_task_overrides``).
 
 ``inactive_model_keys(model)`` does the same for the ``model`` group (LoRA keys while LoRA is off, warm-start
 keys while the warm start is off); those keys are also left out of the run's MLflow params
-(``rlexp.tracking.run_params``), since nothing they say happened.
+(``rlexp.tracking.run_params``), since nothing they say happened; ``inactive_task_keys(task)`` likewise for
+``task.reward`` while ``task.rewards`` replaces it.
 """
 from __future__ import annotations
 
@@ -99,3 +101,19 @@ def dead_model_overrides(model, overrides: list[str]) -> dict[str, str]:
     inactive = inactive_model_keys(model)
     keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
     return {k: inactive[name] for k in sorted(keys) if (name := inactive_entry(k, inactive)) is not None}
+
+
+def inactive_task_keys(task) -> dict[str, str]:
+    """``{"task.reward.": why}`` while ``task.rewards`` (several rewards with weights) is set: their weighted
+    sum replaces ``task.reward``, whose keys then change nothing (``{}`` otherwise)."""
+    if task is None or task.get("rewards") is None:
+        return {}
+    return {"task.reward.": "task.rewards is set: its weighted sum replaces task.reward"}
+
+
+def dead_task_overrides(task, overrides: list[str]) -> dict[str, str]:
+    """``{"task.reward._target_": reason}`` for ``task.reward`` keys set explicitly that change nothing
+    (`inactive_task_keys`)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    return {k: why for k in sorted(keys) for name, why in inactive_task_keys(task).items()
+            if k == name.rstrip(".") or k.startswith(name)}

@@ -181,6 +181,10 @@ class _TaskCommon:
     max_new_tokens: int = spec(ge=1)
     on_reward_error: str = spec(choices=("raise", "skip"), default="raise")
     reward: Any = MISSING
+    #: several rewards with weights, in place of ``reward`` (None: ``reward`` alone): each entry
+    #: ``{_target_, weight, name?, ...}``, checked by ``rlexp.config.validate`` (a finite weight, a target that
+    #: imports, names as ``reward_names`` makes them)
+    rewards: Optional[List[Any]] = None
     eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
 
 
@@ -304,3 +308,36 @@ KINDS = {
 #: groups whose options may be of a kind without a schema: a user's own Task class (``task._target_``)
 #: takes its own keys, which its constructor checks when the task is built
 OPEN_KINDS = {"task": "your own Task class, whose constructor checks its keys"}
+
+
+#: what ``task.rewards[i].name`` may be: it ends metric names (``train/reward/<name>``)
+REWARD_NAME = r"[A-Za-z0-9_.-]+"
+
+
+def reward_names(explicit: list, defaults: list[str]) -> list[str]:
+    """The metric name of each ``task.rewards`` component: its ``name`` when given (given names must be distinct
+    and match ``REWARD_NAME``), else its function's ``__name__`` (``defaults``), with ``_2``, ``_3``... added
+    when another component already has that name. ``ValueError`` naming ``task.rewards[i].name``."""
+    import re
+
+    taken: dict[str, int] = {}
+    for i, name in enumerate(explicit):
+        if name is None:
+            continue
+        if not isinstance(name, str) or not re.fullmatch(REWARD_NAME, name):
+            raise ValueError(f"task.rewards[{i}].name={name!r} must be a non-empty metric name of letters, digits, "
+                             f"'_', '.' or '-'")
+        if name in taken:
+            raise ValueError(f"task.rewards[{i}].name={name} is already the name of task.rewards[{taken[name]}]: "
+                             f"each component needs its own name (its metrics are train/reward/<name>)")
+        taken[name] = i
+    out = []
+    for name, default in zip(explicit, defaults):
+        if name is None:
+            name, n = default, 1
+            while name in taken:
+                n += 1
+                name = f"{default}_{n}"
+            taken[name] = len(out)
+        out.append(name)
+    return out

@@ -3,7 +3,8 @@
 ``validate(cfg)`` runs before any model is built. Range and type checks import no torch; names that
 must exist in a ``rlexp.core`` registry are checked last (that import costs ~2 s). A built-in task is
 built once with the default reward (its own checks: a prompt pool the operand range can fill), and
-``task.reward._target_`` must import. ``check_machine(cfg)`` then checks what this machine must offer
+``task.reward._target_`` must import, as must each ``task.rewards[i]._target_`` (with a finite ``weight``
+and a name of its own). ``check_machine(cfg)`` then checks what this machine must offer
 (CUDA for a GPU setting, a precision that runs as recorded, writable cache, checkpoint directories).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlexp.config.engines import check_rollout_engine
-from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind
+from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind, reward_names
 
 
 class ConfigError(ValueError):
@@ -263,7 +264,7 @@ def _check_task(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     try:
-        instantiate(t, reward=None)
+        instantiate(t, reward=None, rewards=None)  # task.rewards: checked by _check_rewards
     except Exception as e:  # noqa: BLE001 - the task's own ValueError names the keys
         cause = e.__cause__ or e
         raise ConfigError(f"task: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
@@ -285,20 +286,48 @@ def import_path_hint(target: str) -> str:
             f"`python -m rlexp train` does): run `PYTHONPATH=. rlexp train ...` or `python -m rlexp train ...`")
 
 
-def _check_reward_target(t, key: str = "reward._target_") -> None:
+def _check_reward_target(t, key: str = "reward._target_"):
     """``task.reward._target_`` (or the task's own ``_target_``, ``key``) can be imported (the user's reward
-    runs only when the task is built)."""
+    runs only when the task is built); returns what it names (None when ``key`` holds no string)."""
     target = OmegaConf.select(t, key, default=None)
     if not isinstance(target, str):
-        return
+        return None
     from hydra._internal.utils import _locate
 
     try:
-        _locate(target)
+        return _locate(target)
     except Exception as e:  # noqa: BLE001 - ImportError, or an error raised by the module itself
         why = " ".join(str(e).split()).removeprefix(f"Error loading '{target}': ") or type(e).__name__
         raise ConfigError(f"task: Error locating target '{target}' (task.{key}): {why[:300]}; "
                           f"{import_path_hint(target)}") from None
+
+
+def _check_rewards(t) -> None:
+    """``task.rewards`` (when set): a non-empty list of ``{_target_, weight, name?, ...}``, each target importable,
+    each weight a finite number, the names distinct (``schema.reward_names``)."""
+    entries = t.get("rewards")
+    if entries is None:
+        return
+    form = "{_target_: <reward function>, weight: <number>, name: <optional>, ...its arguments}"
+    if not isinstance(entries, ListConfig) or not len(entries):
+        raise ConfigError(f"task.rewards={_fmt(entries)} must be a non-empty list of {form} (null: task.reward alone)")
+    explicit, defaults = [], []
+    for i, e in enumerate(entries):
+        key = f"task.rewards[{i}]"
+        if not isinstance(e, DictConfig) or not isinstance(e.get("_target_"), str):
+            raise ConfigError(f"{key}={_fmt(e)}: each component is {form}")
+        fn = _check_reward_target(t, f"rewards[{i}]._target_")
+        if "weight" not in e:
+            raise ConfigError(f"{key}.weight is missing: each component needs a weight (a finite number, e.g. 1.0)")
+        w = e.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"{key}.weight={_fmt(w)} must be a finite number")
+        explicit.append(e.get("name"))
+        defaults.append(getattr(fn, "__name__", None) or type(fn).__name__)
+    try:
+        reward_names(explicit, defaults)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _float_values(cfg: DictConfig) -> None:
@@ -353,6 +382,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("task") is not None:
         _check_reward_target(cfg.task, "_target_")
         _check_reward_target(cfg.task)
+        _check_rewards(cfg.task)
     _check_registries(registry_checks)
     if "advantage" in cfg.algorithm:
         _check_algorithm_pieces(cfg.algorithm)

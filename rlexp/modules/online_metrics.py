@@ -33,6 +33,7 @@ def iteration_metrics(exp: Experience, acc: dict[str, list[torch.Tensor]], *, ha
         "train/loss_rows_frac": (exp.loss_mask.sum(1) > 0).float().mean(),
         "train/reward_errors": batch.failed_rows().float().sum(),
     })
+    stats.update({f"train/reward/{name}": mean for name, mean in batch.component_means().items()})  # task.rewards
     stats.update(mismatch_metrics(exp))
     if exp.zero_std_rows is not None:  # groups are equal-sized: the row mean is the fraction of groups
         stats["train/frac_zero_std_groups"] = exp.zero_std_rows.mean()

@@ -93,12 +93,23 @@ class RunRecorder:
             metrics = {"eval/reward_mean": sums[0] / sums[1] if sums[1] else float("nan"),
                        "eval/accuracy": sums[2] / max(sums[4], 1.0),
                        "eval/response_length": sums[3] / max(sums[4], 1.0), "eval/reward_errors": sums[5]}
+        metrics.update(self.component_eval_metrics(res, len(examples)))
         metrics.update(self.pass_at_k_metrics(step))
         self.last_eval = {"step": step, **metrics}
         if res.samples:
             self.pending_samples.append((step, res.samples))
         self._log(metrics, step)
         return metrics
+
+    def component_eval_metrics(self, res, n: int) -> dict:
+        """``eval/reward/<name>``: each ``task.rewards`` component's mean score over the scorable completions
+        (of all workers; ``n`` this worker's completions). ``{}`` with a single ``task.reward``."""
+        if self.world[1] == 1 or not res.component_means:
+            return {f"eval/reward/{name}": mean for name, mean in res.component_means.items()}
+        names, scored = list(res.component_means), float(n - res.reward_errors)
+        sums = self.all_sum(torch.tensor([scored] + [res.component_means[k] * scored if scored else 0.0 for k in names],
+                                         dtype=torch.float64, device=self.device)).tolist()
+        return {f"eval/reward/{k}": (s / sums[0] if sums[0] else float("nan")) for k, s in zip(names, sums[1:])}
 
     def pass_at_k_metrics(self, step: int) -> dict:
         """``eval/pass_at_K`` for each k of ``task.pass_k`` (averaged over the prompts) and

@@ -18,7 +18,8 @@ one another until ``trainer.max_steps`` optimizer steps are done (the last round
 ``max_epochs`` against ``max_steps``. A round that accepts nothing makes no update at its step
 (nothing is logged for it but the round's metrics). Per round, at step = optimizer steps done before
 it: ``train/pass_at_k`` (prompts with an exact answer among their k completions),
-``train/accepted_fraction``, ``train/sample_reward_mean`` and ``train/round``; the accepted set is
+``train/accepted_fraction``, ``train/sample_reward_mean`` (the task's reward: with ``task.rewards`` their
+weighted sum, and each component's mean as ``train/reward/<name>``) and ``train/round``; the accepted set is
 the artifact ``data/accepted_round_NN.jsonl``. Per step: ``train/loss``, ``train/grad_norm``.
 """
 from __future__ import annotations
@@ -85,7 +86,8 @@ class RejectionSamplingModule(OfflineRunMixin, SFTModule):
             self.queue += [order[s:s + a.batch_size] for s in range(0, len(order), a.batch_size)]
         self._log({"train/round": float(self.round), "train/pass_at_k": pass_at_k,
                    "train/accepted_fraction": len(rows) / batch.size,
-                   "train/sample_reward_mean": batch.scores.mean().item()}, step)
+                   "train/sample_reward_mean": batch.scores.mean().item(),
+                   **{f"train/reward/{k}": v.item() for k, v in batch.component_means().items()}}, step)
         self.log_text_artifact(to_jsonl(self.accepted), f"data/accepted_round_{self.round:02d}.jsonl")
         if not rows:
             log.warning("rejection sampling round %d accepted nothing (no completion with a positive reward among "

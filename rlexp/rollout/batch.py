@@ -39,10 +39,19 @@ class RolloutBatch:
     reward_seconds: float = 0.0
     #: why each unscorable completion could not be scored (one line each; task.on_reward_error=skip)
     reward_errors: list[str] = field(default_factory=list)
+    #: ``{name: [B]}`` each ``task.rewards`` component's own score (unweighted; NaN where the row is unscorable);
+    #: empty with a single ``task.reward``
+    component_scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def verdicts(self) -> torch.Tensor:
         """``[B]`` the task's scores before shaping (``scores`` when nothing was shaped)."""
         return self.scores if self.task_scores is None else self.task_scores
+
+    def component_means(self) -> dict[str, torch.Tensor]:
+        """``{name: mean}`` of each component's score over the rows with a reward (NaN when there is none)."""
+        valid = self.valid_rows()
+        return {k: v[valid].mean() if bool(valid.any()) else torch.full((), float("nan"))
+                for k, v in self.component_scores.items()}
 
     def valid_rows(self) -> torch.Tensor:
         """``[B]`` bool, True where the completion has a reward (the complement of `failed_rows`)."""
@@ -67,7 +76,8 @@ class RolloutBatch:
                             self.finished[idx], self.token_rewards[idx], self.scores[idx], pick(self.prompts),
                             pick(self.completions), pick(self.targets), pick(self.prompt_index),
                             self.failed_rows()[idx], opt(self.rollout_logprobs), opt(self.task_scores),
-                            self.reward_seconds, self.reward_errors)
+                            self.reward_seconds, self.reward_errors,
+                            {k: v[idx] for k, v in self.component_scores.items()})
 
     @staticmethod
     def cat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -96,7 +106,8 @@ class RolloutBatch:
             torch.cat([b.failed_rows() for b in batches]),
             torch.cat([right(b.rollout_logprobs, T, 0.0) for b in batches]) if has_logprobs else None,
             torch.cat([b.verdicts() for b in batches]), sum(b.reward_seconds for b in batches),
-            [e for b in batches for e in b.reward_errors])
+            [e for b in batches for e in b.reward_errors],
+            {k: torch.cat([b.component_scores[k] for b in batches]) for k in batches[0].component_scores})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The per-row tensors, for minibatch slicing together with derived ones (advantages...)."""

@@ -1,7 +1,8 @@
 """Evaluation on held-out prompts: greedy (mean task reward, accuracy, samples) and pass@k sampling.
 
 ``reward_mean`` is the mean over the completions the reward function could score: those it could not
-(``task.on_reward_error=skip``) are left out of it and counted in ``reward_errors``, not scored 0.
+(``task.on_reward_error=skip``) are left out of it and counted in ``reward_errors``, not scored 0; so is
+``component_means``, each ``task.rewards`` component's own (unweighted) score.
 When it could score none, ``reward_mean`` is NaN (logged as such: the comparison tools and the
 summaries read NaN as "no value"), never a misleading 0.
 
@@ -28,6 +29,8 @@ class EvalResult:
     samples: list[dict] = field(default_factory=list)
     #: completions the reward function could not score (``task.on_reward_error=skip``)
     reward_errors: int = 0
+    #: ``{name: mean}`` of each ``task.rewards`` component's score over the scorable completions (NaN: none)
+    component_means: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -40,13 +43,17 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_t
     sample = sampler(engine)
     was_training = model.training
     model.eval()
-    rewards, errors, correct, lengths, samples = [], 0, [], [], []
+    rewards, errors, correct, lengths, samples, parts = [], 0, [], [], [], {}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
                                                     max_new_tokens=max_new_tokens, do_sample=False,
                                                     chat_template=task.chat_template)
-        _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True)
+        components = {}
+        _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True,
+                                         components=components)
+        for name, values in components.items():  # task.rewards: each component's scores of the scorable ones
+            parts.setdefault(name, []).extend(values[~failed].tolist())
         kept = [None if f else s for s, f in zip(scores.tolist(), failed.tolist())]
         rewards += [s for s in kept if s is not None]
         errors += int(failed.sum())
@@ -58,7 +65,8 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_t
     model.train(was_training)
     n = max(len(correct), 1)
     reward_mean = sum(rewards) / len(rewards) if rewards else float("nan")
-    return EvalResult(reward_mean, sum(correct) / n, sum(lengths) / n, samples, errors)
+    means = {name: sum(v) / len(v) if v else float("nan") for name, v in parts.items()}
+    return EvalResult(reward_mean, sum(correct) / n, sum(lengths) / n, samples, errors, means)
 
 
 @dataclass

@@ -11,6 +11,7 @@ by the log of the nucleus mass it renormalized by (the trainer does not truncate
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -18,7 +19,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from rlexp.rollout.batch import RolloutBatch, encode_prompts
-from rlexp.tasks.base import Example, Task, call_reward
+from rlexp.tasks.base import Example, Task
+from rlexp.tasks.combine import score_rows
 
 
 def _response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,14 +125,18 @@ def decode_completions(tokenizer, response_ids, mask, finished):
 
 
 def score(task: Task, tokenizer, examples: list[Example], response_ids, mask, finished, *, with_failed: bool = False,
-          errors: list[str] | None = None):
+          errors: list[str] | None = None, components: dict | None = None):
     """Task rewards as ``(token_rewards [B, T], scores [B], completions)``, plus ``failed [B]`` with
     ``with_failed``: completions the reward function could not score (``task.on_reward_error=skip``),
-    rewarded 0 here and left out of the loss by the caller."""
+    rewarded 0 here and left out of the loss by the caller. ``components``, when given, receives each
+    ``task.rewards`` component's own scores ``{name: [B]}`` (NaN where a completion is unscorable)."""
     ids, texts, tokens = decode_completions(tokenizer, response_ids, mask, finished)
-    rows = call_reward(task.reward, [e.prompt for e in examples], texts, targets=[e.target for e in examples],
-                       completion_ids=ids, completion_tokens=tokens, finished=finished.tolist(),
-                       on_error=getattr(task, "on_reward_error", "raise"), errors=errors)
+    rows, parts = score_rows(task.reward, [e.prompt for e in examples], texts, targets=[e.target for e in examples],
+                             completion_ids=ids, completion_tokens=tokens, finished=finished.tolist(),
+                             on_error=getattr(task, "on_reward_error", "raise"), errors=errors)
+    if components is not None:
+        components.update({name: torch.tensor([math.nan if s is None else s for s in values], dtype=torch.float32,
+                                              device=mask.device) for name, values in parts.items()})
     token_rewards = torch.zeros(mask.shape, dtype=torch.float32)
     for i, row in enumerate(rows):
         if row is not None:
@@ -160,13 +166,13 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_p=top_p, chat_template=task.chat_template, return_logprobs=True)
-    t0, errors = time.perf_counter(), []
+    t0, errors, components = time.perf_counter(), [], {}
     token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True,
-                                                 errors=errors)
+                                                 errors=errors, components=components)
     reward_seconds = time.perf_counter() - t0
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, mask, finished, token_rewards, scores,
                         prompts=[e.prompt for e in rows], completions=texts, targets=[e.target for e in rows],
                         reward_failed=failed, rollout_logprobs=rollout_logprobs, task_scores=scores.clone(),
-                        reward_seconds=reward_seconds, reward_errors=errors,
+                        reward_seconds=reward_seconds, reward_errors=errors, component_scores=components,
                         prompt_index=[i for i in (prompt_index or [-1] * len(examples))
                                       for _ in range(num_generations)])

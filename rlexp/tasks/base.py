@@ -15,7 +15,8 @@ Hydra builds it with ``_partial_: true``, so extra config keys become keyword ar
   completion with one float per token (per-token rewards; their sum is the completion's score).
   Numbers only (ints, bools and numpy/torch scalars count; a string such as ``"1.0"`` is an error);
   under ``task.on_reward_error=skip``, ``None`` marks a completion the function cannot score.
-Accept ``**kwargs`` so that fields added later do not break your function.
+Accept ``**kwargs`` so that fields added later do not break your function. Several rewards with
+weights: ``task.rewards`` (``rlexp/tasks/combine.py``), their weighted sum in place of ``task.reward``.
 """
 from __future__ import annotations
 
@@ -257,14 +258,19 @@ class Task:
     chat_template: bool = False
 
     def __init__(self, *, name: str, reward: Callable, max_new_tokens: int, on_reward_error: str = "raise",
-                 eval: Mapping | None = None):  # noqa: A002 - the config key `task.eval`
+                 eval: Mapping | None = None, rewards: Sequence | None = None):  # noqa: A002 - `task.eval`
         if on_reward_error not in REWARD_ERROR_MODES:
             raise ValueError(f"task.on_reward_error={on_reward_error}: expected one of {', '.join(REWARD_ERROR_MODES)}")
         self.name = name
         #: pass@k evaluation (``task.eval``): the ks (sorted, empty = off), the samples per prompt n, and how
         #: many held-out prompts it uses (None = all)
         self.pass_k, self.pass_samples, self.pass_prompts = pass_at_k_settings(eval)
+        #: the reward function; with ``rewards`` (``task.rewards``, several with weights) their weighted sum
+        #: in its place (``rlexp.tasks.combine.WeightedReward``)
         self.reward = reward
+        if rewards is not None:
+            from rlexp.tasks.combine import WeightedReward
+            self.reward = WeightedReward(rewards)
         #: what a reward function that raises (or returns NaN/Inf, a string, None...) for a completion does:
         #: stop the run, or skip the completion
         self.on_reward_error = on_reward_error

@@ -58,13 +58,15 @@ def run_params(cfg: DictConfig) -> tuple[dict[str, str], str]:
     """A run's MLflow params and its ``rlexp.inactive_params`` tag (empty: none left out). The params are
     ``flatten_config(cfg)`` without the keys that change nothing in this run (``inactive_model_keys``: every
     ``model.lora.*`` key but ``enabled`` while LoRA is off, every ``model.warmstart.*`` key but ``enabled``, and
-    ``model=hf``'s ``init_seed``, while the warm start is off), so that a run's params never describe a warm start
-    or adapters it did not have. The tag names those keys and why; ``config/resolved.yaml`` keeps them all."""
-    from rlexp.config.knobs import inactive_entry, inactive_model_keys
+    ``model=hf``'s ``init_seed``, while the warm start is off; ``inactive_task_keys``: ``task.reward.*`` while
+    ``task.rewards`` replaces it), so that a run's params never describe a warm start, adapters or a reward it
+    did not have. The tag names those keys and why; ``config/resolved.yaml`` keeps them all."""
+    from rlexp.config.knobs import inactive_entry, inactive_model_keys, inactive_task_keys
 
     params = flatten_config(cfg)
     model = cfg.get("model")
-    inactive = inactive_model_keys(model) if isinstance(model, DictConfig) else {}
+    inactive = {**(inactive_model_keys(model) if isinstance(model, DictConfig) else {}),
+                **inactive_task_keys(cfg.get("task"))}
     covered = {k: inactive_entry(k, inactive) for k in params}
     used = {name for name in covered.values() if name is not None}
     said = [f"{name}{'*' if name.endswith('.') else ''}: {why}" for name, why in inactive.items() if name in used]

@@ -60,9 +60,10 @@ def prepare_process(cfg) -> None:
 
 def warn_dead_knobs(cfg, overrides: list[str]) -> dict[str, str]:
     """``{override: why it has no effect in this run}``, each said in a warning."""
-    from rlexp.config.knobs import dead_model_overrides, dead_overrides
+    from rlexp.config.knobs import dead_model_overrides, dead_overrides, dead_task_overrides
 
-    dead = {**dead_overrides(cfg.algorithm, overrides), **dead_model_overrides(cfg.model, overrides)}
+    dead = {**dead_overrides(cfg.algorithm, overrides), **dead_model_overrides(cfg.model, overrides),
+            **dead_task_overrides(cfg.task, overrides)}
     for key, why in dead.items():
         log.warning("%s has no effect in this run: %s", key, why)
     return dead
@@ -126,9 +127,10 @@ def open_run(job: Job, dead: dict[str, str]) -> None:
 
 def instantiate_task(cfg):
     """The task from ``cfg.task``; an import or argument error in it (``task.reward._target_``...) is a
-    config error naming what failed."""
+    config error naming what failed (``task.rewards``: `rlexp.tasks.combine.instantiate_task`)."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+
+    from rlexp.tasks.combine import instantiate_task as instantiate
     try:
         return instantiate(cfg.task)
     except InstantiationException as e:
