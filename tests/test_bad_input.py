@@ -78,6 +78,20 @@ TABLE = [
      "not a checkpoint of an rlexp online run"),
     ("a malformed line in a preference file", ["algorithm=dpo", "algorithm.data.path={tmp}/prefs.jsonl"], 1,
      "prefs.jsonl:2: field 'rejected' is missing"),
+    ("a dataset task without its file", ["task=dataset"], 2, "task.path is not set: point it at your data"),
+    ("a dataset file that does not exist", ["task=dataset", "task.path={tmp}/absent.jsonl"], 2,
+     "task.path=…/absent.jsonl: no such file or directory"),
+    ("a dataset file of an unknown format", ["task=dataset", "task.path={tmp}/a_file"], 2,
+     "task.path=…/a_file: unknown format (no suffix); task.path takes .jsonl, .json, .csv, .parquet files"),
+    ("a held-out file and a held-out fraction together", ["task=dataset", "task.path={tmp}/data.jsonl",
+                                                          "task.eval_path={tmp}/data.jsonl", "task.eval_fraction=0.2"], 2,
+     "task.eval_path=…/data.jsonl and task.eval_fraction=0.2 are both set"),
+    ("a field the dataset does not have", ["task=dataset", "task.path={tmp}/data.jsonl", "task.answer_field=solution"],
+     2, "task.answer_field=solution: no field 'solution' in task.path=…/data.jsonl (the fields: prompt, answer)"),
+    ("a malformed row in a dataset file", ["task=dataset", "task.path={tmp}/bad_rows.jsonl"], 2,
+     "bad_rows.jsonl:2: field 'answer' (task.answer_field) is missing or null (task.skip_invalid=true skips such rows)"),
+    ("a dataset too small to hold prompts out", ["task=dataset", "task.path={tmp}/one_row.jsonl"], 2,
+     "task.eval_fraction=0.1 of the 1 distinct prompt(s) of task.path=…/one_row.jsonl leaves none to train on"),
     ("a reasoning-gym generator that does not exist", ["task=reasoning_gym", "task.dataset=chain_summ"], 2,
      "task: task.dataset='chain_summ' is not a reasoning-gym generator: did you mean chain_sum"),
     ("a key the reasoning-gym generator's config does not have", ["task=reasoning_gym", "+task.config.max_term=3"], 2,
@@ -130,6 +144,10 @@ def _prepare(tmp: Path) -> None:
     torch.save({"state_dict": {}}, tmp / "foreign.ckpt")
     good = {"prompt": "01+02=", "chosen": "3", "rejected": "4"}
     (tmp / "prefs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "01+02=", "chosen": "3"}) + "\n")
+    rows = [{"prompt": "01+02=", "answer": "3"}, {"prompt": "02+02=", "answer": 4}, {"prompt": "05+01=", "answer": "6"}]
+    (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # task=dataset's files
+    (tmp / "bad_rows.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "02+02="}) + "\n")
+    (tmp / "one_row.jsonl").write_text(json.dumps(rows[0]) + "\n")
     tok = build_char_tokenizer("0123456789+=")
     model = build_tiny_model(tok, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, seed=0)
     (tmp / "abc.jsonl").write_text(json.dumps({**good, "chosen": "x"}) + "\n")
@@ -156,7 +174,9 @@ def refusal(overrides: list[str], tmp: Path, capsys) -> tuple[int, str]:
     """``(exit status, the last line on stderr)`` of ``rlexp train <FAST> <overrides>``."""
     from rlexp.cli import main
     other_algorithm = any(o.startswith("algorithm=") and o != "algorithm=grpo" for o in overrides)
-    base = [o for o in FAST if not (other_algorithm and o.startswith("algorithm."))]  # keys of PPO's schema
+    no_num_eval = "task=dataset" in overrides  # FAST's task.num_eval is a key of the generated tasks only
+    base = [o for o in FAST if not (other_algorithm and o.startswith("algorithm."))  # keys of PPO's schema
+            and not (no_num_eval and o.startswith("task."))]
     cwd, path = os.getcwd(), list(sys.path)
     os.chdir(tmp)  # the current directory, which `rlexp train` (a console script) leaves off the import path
     sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != Path(tmp).resolve()]

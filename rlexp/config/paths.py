@@ -1,4 +1,5 @@
-"""Where a model's files are: ``model.name_or_path`` and ``model.gguf_file`` resolved to local paths.
+"""Where a model's files are: ``model.name_or_path`` and ``model.gguf_file`` resolved to local paths; and where a
+dataset's are (``task.path``, ``task.eval_path`` of ``task=dataset``: ``resolve_data_path``).
 
 Imports no torch: start-up validation (``rlexp.config.validate``) checks them before any model is built,
 and ``rlexp.models.loading`` resolves them the same way when it loads. ``name_or_path`` is a directory,
@@ -67,3 +68,34 @@ def resolve_gguf_file(name_or_path: str, gguf_file: str, key: str = "model.gguf_
         raise ModelPathError(f"{key}={gguf_file}: reading GGUF files needs the `gguf` package; "
                              f"install it with: {_pip('gguf')}")
     return path
+
+
+#: the file formats ``task=dataset`` reads, by suffix, and the ``datasets`` builder that reads each (a directory
+#: is one written by ``datasets``' ``save_to_disk``: ``disk``)
+DATA_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+#: the files ``save_to_disk`` writes into a Dataset's / a DatasetDict's directory
+_SAVED_MARKERS = ("state.json", "dataset_dict.json")
+
+
+class DatasetError(ValueError):
+    """A data file that cannot be used as it is (missing, of an unknown format, a malformed row: a task's file, a
+    preference file); the one-line message names the key or ``file:line`` and the field, and is said as it is."""
+
+
+def resolve_data_path(path, key: str = "task.path") -> tuple[Path, str]:
+    """``(path, format)`` of a local data file or directory: format ``json`` / ``csv`` / ``parquet`` by the
+    file's suffix (``DATA_FORMATS``), or ``disk`` for a directory written by ``save_to_disk``."""
+    allowed = f"{', '.join(DATA_FORMATS)} files or a directory written by datasets' save_to_disk"
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        if not any((p / marker).is_file() for marker in _SAVED_MARKERS):
+            raise DatasetError(f"{key}={path}: a directory, but not one written by datasets' save_to_disk (it has "
+                                f"no {' or '.join(_SAVED_MARKERS)}); {key} takes {allowed}")
+        return p, "disk"
+    if not p.is_file():
+        raise DatasetError(f"{key}={path}: no such file or directory (data is read from local paths only)")
+    fmt = DATA_FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise DatasetError(f"{key}={path}: unknown format {repr(p.suffix) if p.suffix else '(no suffix)'}; {key} takes "
+                           f"{allowed}")
+    return p, fmt

@@ -216,6 +216,23 @@ class ReasoningGymTaskConfig(_TaskCommon):
 
 
 @dataclass
+class DatasetTaskConfig(_TaskCommon):
+    """``task=dataset``: prompts and answers from a local file (rlexp.tasks.dataset); the files, their fields and
+    rows are checked when the task is built at start-up."""
+    path: Optional[str] = None
+    eval_path: Optional[str] = None
+    eval_fraction: Optional[float] = spec(gt=0.0, lt=1.0, default=None)
+    split_seed: int = spec(ge=0)
+    prompt_field: str = MISSING
+    answer_field: str = MISSING
+    template: Optional[str] = None
+    system_prompt: Optional[str] = None
+    chat_template: bool = MISSING
+    limit: Optional[int] = spec(ge=1, default=None)
+    skip_invalid: bool = MISSING
+
+
+@dataclass
 class HardwareConfig:
     name: str = MISSING
     accelerator: str = spec(choices=("cpu", "gpu", "cuda", "mps", "auto"))
@@ -290,6 +307,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"tiny": TinyModelConfig, "hf": HFModelConfig},
     "task": {"rlexp.tasks.arithmetic.ArithmeticTask": ArithmeticTaskConfig,
              "rlexp.tasks.arithmetic_chat.ArithmeticChatTask": ArithmeticChatTaskConfig,
+             "rlexp.tasks.dataset.DatasetTask": DatasetTaskConfig,
              "rlexp.tasks.reasoning_gym.ReasoningGymTask": ReasoningGymTaskConfig},
     "hardware": {"*": HardwareConfig},
     "tracking": {"*": TrackingConfig},

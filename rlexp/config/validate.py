@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlexp.config.engines import check_rollout_engine
+from rlexp.config.paths import DatasetError
 from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind, reward_names
 
 
@@ -256,8 +257,10 @@ def check_machine(cfg: DictConfig) -> None:
 
 def _check_task(cfg: DictConfig) -> None:
     """The built-in tasks' own checks (a prompt pool the operand range can fill, answers that fit the token
-    budget) run when the task is built; build it here, before any run exists, with the default reward
-    (the configured one is imported when the run builds the task)."""
+    budget; ``task=dataset``: its files exist and have the fields named, every row is well-formed, the split
+    leaves prompts on both sides) run when the task is built; build it here, before any run exists, with the
+    default reward (the configured one is imported when the run builds the task). A data file's error
+    (``DatasetError``) is said as it is: it names the key or ``file:line``."""
     t = cfg.get("task")
     if t is None or t.get("_target_") not in SCHEMAS["task"]:  # a user's own Task checks itself when built
         return
@@ -267,6 +270,8 @@ def _check_task(cfg: DictConfig) -> None:
         instantiate(t, reward=None, rewards=None)  # task.rewards: checked by _check_rewards
     except Exception as e:  # noqa: BLE001 - the task's own ValueError names the keys
         cause = e.__cause__ or e
+        if isinstance(cause, DatasetError):  # names the key or file:line itself
+            raise ConfigError(str(cause)) from None
         raise ConfigError(f"task: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
 
 

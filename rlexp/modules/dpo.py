@@ -86,7 +86,7 @@ class DPOModule(OfflineRunMixin, L.LightningModule):
         rows = [self.pairs[i] for i in indices]
         prompt_ids, prompt_mask, response_ids, mask = collate_supervised(
             self.tokenizer, [p.prompt for p in rows] * 2, [p.chosen for p in rows] + [p.rejected for p in rows],
-            chat_template=self.task.chat_template)
+            chat_template=self.task.chat_template, system_turn=self.task.system_turn)
         return {"index": torch.tensor(indices, dtype=torch.long), "prompt_ids": prompt_ids,
                 "prompt_mask": prompt_mask, "response_ids": response_ids, "mask": mask}
 

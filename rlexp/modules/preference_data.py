@@ -29,14 +29,11 @@ from pathlib import Path
 import torch
 
 from rlexp.models import char_vocabulary
+from rlexp.config.paths import DatasetError  # the error of every data file rlexp reads (re-exported here)
 from rlexp.rollout import generate_rollout
 from rlexp.tasks.base import Example, Task
 
 FIELDS = ("prompt", "chosen", "rejected")
-
-
-class DatasetError(ValueError):
-    """A preference file that cannot be used as it is; the message names ``file:line`` and the field."""
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class RejectionSamplingModule(OfflineRunMixin, SFTModule):
             return None  # nothing accepted this round: no update at this step
         rows = [self.accepted[i] for i in self.queue.pop(0)]
         batch = collate_supervised(self.tokenizer, [x["prompt"] for x in rows], [x["completion"] for x in rows],
-                                   device=self.device, chat_template=self.task.chat_template)
+                                   device=self.device, chat_template=self.task.chat_template,
+                                   system_turn=self.task.system_turn)
         loss = self.nll(*batch)
         self.check_finite(loss, "train/loss", batch_idx)
         self.step_metrics["train/loss"] = loss.detach()

@@ -28,7 +28,7 @@ class SFTRunModule(OfflineRunMixin, SFTModule):
     def collate(self, indices: list[int]):
         rows = [self.task.train_examples[i] for i in indices]
         return collate_supervised(self.tokenizer, [e.prompt for e in rows], [self.task.sft_completion(e) for e in rows],
-                                  chat_template=self.task.chat_template)
+                                  chat_template=self.task.chat_template, system_turn=self.task.system_turn)
 
     def train_dataloader(self):
         return step_loader(len(self.task.train_examples), batch_size=self.algo.batch_size, max_steps=self.max_steps,

@@ -115,31 +115,35 @@ class RolloutBatch:
                 "response_ids": self.response_ids, "mask": self.mask}
 
 
-def render_chat(tokenizer, prompts: list[str]) -> list[str]:
-    """Each prompt as a user turn of the tokenizer's chat template, followed by the assistant header."""
+def render_chat(tokenizer, prompts: list[str], system_turn: str | None = None) -> list[str]:
+    """Each prompt as a user turn of the tokenizer's chat template (after a system turn ``system_turn``, when
+    given), followed by the assistant header."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("task.chat_template=true but the tokenizer has no chat template (use an instruct model's "
                          "tokenizer, or set task.chat_template=false)")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts]
+    system = [{"role": "system", "content": system_turn}] if system_turn else []
+    return [tokenizer.apply_chat_template([*system, {"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
 
 
-def encode_prompts(tokenizer, prompts: list[str], device=None, *,
-                   chat_template: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer, prompts: list[str], device=None, *, chat_template: bool = False,
+                   system_turn: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prompt_ids, prompt_mask)`` ``[B, P]``, left-padded. ``chat_template``: each prompt wrapped as a
-    user turn first (the template writes its own special tokens, so the tokenizer adds none)."""
+    user turn first, after the system turn ``system_turn`` when given (``Task.system_turn``; the template
+    writes its own special tokens, so the tokenizer adds none)."""
     if chat_template:
-        enc = tokenizer(render_chat(tokenizer, prompts), return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False)
+        enc = tokenizer(render_chat(tokenizer, prompts, system_turn), return_tensors="pt", padding=True,
+                        padding_side="left", add_special_tokens=False)
     else:
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
 def collate_supervised(tokenizer, prompts: list[str], completions: list[str], device=None, *,
-                       chat_template: bool = False):
+                       chat_template: bool = False, system_turn: str | None = None):
     """Prompt + completion + EOS as ``(prompt_ids, prompt_mask, response_ids, mask)`` for an NLL loss."""
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template,
+                                             system_turn=system_turn)
     rows = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
     T = max(len(r) for r in rows)
     response_ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)

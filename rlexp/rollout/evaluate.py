@@ -48,7 +48,7 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], *, max_new_t
         chunk = examples[start:start + batch_size]
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
                                                     max_new_tokens=max_new_tokens, do_sample=False,
-                                                    chat_template=task.chat_template)
+                                                    chat_template=task.chat_template, system_turn=task.system_turn)
         components = {}
         _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True,
                                          components=components)
@@ -92,7 +92,7 @@ def sample_correct(model, tokenizer, task: Task, examples: list[Example], *, n: 
         _, _, response_ids, mask, finished = sample(model, tokenizer, [e.prompt for e in chunk],
                                                     max_new_tokens=max_new_tokens, do_sample=True,
                                                     temperature=temperature, top_p=top_p,
-                                                    chat_template=task.chat_template)
+                                                    chat_template=task.chat_template, system_turn=task.system_turn)
         _, scores, texts, failed = score(task, tokenizer, chunk, response_ids, mask, finished, with_failed=True)
         rewards += [s for s, f in zip(scores.tolist(), failed.tolist()) if not f]
         errors += int(failed.sum())

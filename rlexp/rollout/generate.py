@@ -65,7 +65,7 @@ class SampledLogprobs(LogitsProcessor):
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool,
            temperature: float = 1.0, top_p: float = 1.0, chat_template: bool = False,
-           return_logprobs: bool = False):
+           system_turn: str | None = None, return_logprobs: bool = False):
     """``(prompt_ids, prompt_mask, response_ids, mask, finished)`` for the given prompt strings, plus the
     sampler's ``logprobs [B, T]`` of the response tokens (0 off the mask) with ``return_logprobs``
     (sampling only).
@@ -75,7 +75,8 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_samp
     if return_logprobs and not do_sample:
         raise ValueError("return_logprobs=True needs do_sample=True")
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device, chat_template=chat_template,
+                                             system_turn=system_turn)
     # The sampling processors are passed explicitly so that the log-prob recorder runs after them (generate
     # would append its own temperature/top-p warpers after any user processor). top_k=0: no top-k cut.
     processors, recorder = LogitsProcessorList(), None
@@ -165,7 +166,8 @@ def generate_rollout(model, tokenizer, task: Task, examples: list[Example], *, n
     rows = [e for e in examples for _ in range(num_generations)]
     prompt_ids, prompt_mask, response_ids, mask, finished, rollout_logprobs = sample(
         model, tokenizer, [e.prompt for e in rows], max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_p=top_p, chat_template=task.chat_template, return_logprobs=True)
+        temperature=temperature, top_p=top_p, chat_template=task.chat_template, system_turn=task.system_turn,
+        return_logprobs=True)
     t0, errors, components = time.perf_counter(), [], {}
     token_rewards, scores, texts, failed = score(task, tokenizer, rows, response_ids, mask, finished, with_failed=True,
                                                  errors=errors, components=components)

@@ -256,6 +256,8 @@ class Task:
     alphabet: str | None = None
     #: wrap each prompt with the tokenizer's chat template as a user turn when encoding it
     chat_template: bool = False
+    #: under ``chat_template``: the text of a system turn before each user turn (None: none)
+    system_turn: str | None = None
 
     def __init__(self, *, name: str, reward: Callable, max_new_tokens: int, on_reward_error: str = "raise",
                  eval: Mapping | None = None, rewards: Sequence | None = None):  # noqa: A002 - `task.eval`

@@ -67,6 +67,7 @@ def run(cfg: DictConfig, *, overrides: list[str] | None = None, launch_dir: str 
                 steps.open_run(job, dead)  # job.logger: the MLflow run, created (or reopened)
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             task = steps.instantiate_task(cfg)
+            steps.record_data(job, task)  # task=dataset: its files' paths and hashes, the MLflow dataset inputs
             model_dir, job.warmstart = steps.warm_start(cfg, task)
             module, loader = build_module(cfg, task, model_dir)
             loader = steps.attach_checkpoints(job, module, loader)  # online: job.checkpoint; a resume goes on

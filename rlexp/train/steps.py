@@ -138,6 +138,17 @@ def instantiate_task(cfg):
         raise ConfigError(f"task: {first[:500]}") from e
 
 
+def record_data(job: Job, task) -> None:
+    """A task read from files (``task=dataset``): their paths and content hashes as tags, their rows as the run's
+    MLflow dataset inputs, the malformed rows skipped as ``data/skipped_records`` (`rlexp.tracking.inputs`);
+    a resumed run has them already."""
+    if job.logger is None or job.resume:
+        return
+    from rlexp.tracking.inputs import log_task_data
+
+    log_task_data(job.logger, task)
+
+
 def warm_start(cfg, task) -> tuple[Path, dict]:
     """The policy's starting directory (the warm start built on first use, then cached) and its report."""
     from rlexp.warmstart import prepare_model_dir
