@@ -279,9 +279,31 @@ def test_grpo_with_vllm_syncs_after_every_update(sync, mlflow_uri, in_tmp, monke
 
 @needs_vllm
 @pytest.mark.slow
-def test_ppo_with_vllm_runs_end_to_end(mlflow_uri, in_tmp):
-    exp = "vllm-ppo"
-    assert main(["train", *FAST, *VLLM, "algorithm=ppo", "trainer.max_steps=2", f"tracking.uri={mlflow_uri}",
+@pytest.mark.parametrize("recipe", [["algorithm=ppo"], ["algorithm=scalerl", *GROUPS[1:]]], ids=["ppo", "scalerl"])
+def test_ppo_and_scalerl_with_vllm_run_end_to_end(recipe, mlflow_uri, in_tmp):
+    exp = "vllm-" + recipe[0].split("=")[1]
+    assert main(["train", *FAST, *VLLM, *recipe, "trainer.max_steps=2", f"tracking.uri={mlflow_uri}",
                  f"tracking.experiment={exp}"]) == 0
     kl = _history(mlflow_uri, exp, "train/rollout_mismatch_kl")
     assert sorted(kl) == [1, 2] and max(kl.values()) < 1e-5, kl
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_drives_two_engines_in_sync(mlflow_uri, tmp_path):
+    """``hardware=ddp_cpu rollout.engine=vllm``: each worker builds its own engine (after the process group
+    exists) and samples its share; every worker syncs after every update, so the mismatch, averaged over both
+    workers, stays numerical noise while a large learning rate moves the weights."""
+    import os
+    import subprocess
+    import sys
+
+    exp = "vllm-ddp"
+    cmd = [sys.executable, "-m", "rlexp", "train", "hardware=ddp_cpu", *FAST, *GROUPS, *VLLM, "algorithm.actor_lr=1e-2",
+           "algorithm.entropy_coef=0.1", "trainer.max_steps=3", f"tracking.uri={mlflow_uri}",
+           f"tracking.experiment={exp}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kl = _history(mlflow_uri, exp, "train/rollout_mismatch_kl")
+    assert sorted(kl) == [1, 2, 3] and max(kl.values()) < 1e-5, kl
+    assert set(_history(mlflow_uri, exp, "eval/reward_mean")) == {0, 1, 2, 3}
