@@ -117,3 +117,26 @@ def test_a_job_refused_at_start_up_records_the_same_params(mlflow_uri, tmp_path)
     assert run.data.params["model.warmstart.enabled"] == "False" and "model.warmstart.*" in \
         run.data.tags["rlexp.inactive_params"]
 
+
+WORDS = ["cat", "dog", "emu", "owl", "yak", "bee", "ant", "cow", "pig", "hen", "fox", "elk", "ram", "eel"]
+
+
+def test_a_ten_prompt_dataset_of_words_trains_with_the_warm_start_and_logs_only_its_own_params(
+        tmp_path, mlflow_uri, in_tmp, capsys):
+    """task=dataset, 10 training rows of words and 4 held out, on the tiny model (its alphabet from the files)."""
+    rows = [json.dumps({"q": f"{w}>", "a": w[::-1]}) + "\n" for w in WORDS]
+    (tmp_path / "train.jsonl").write_text("".join(rows[:10]))
+    (tmp_path / "eval.jsonl").write_text("".join(rows[10:]))
+    base = [o for o in FAST if not o.startswith("task.")]
+    main(["train", *base, "task=dataset", f"task.path={tmp_path / 'train.jsonl'}",
+          f"task.eval_path={tmp_path / 'eval.jsonl'}", "task.prompt_field=q", "task.answer_field=a",
+          "task.max_new_tokens=6", f"tracking.uri={mlflow_uri}", "tracking.experiment=small-dataset"])
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("small-dataset").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    info = json.loads(Path(client.download_artifacts(run.info.run_id, "warmstart.json", str(in_tmp))).read_text())
+    assert info["check"] == {"prompts": 10, "held_out": False}
+    assert "(step 0, warm start) ->" in _final_line(capsys.readouterr().out)
+    params = run.data.params
+    assert params["task._target_"] == "rlexp.tasks.dataset.DatasetTask" and params["task.prompt_field"] == "q"
+    assert not {"task.min_operand", "task.max_operand", "task.num_eval"} & set(params)
