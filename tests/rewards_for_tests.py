@@ -86,3 +86,13 @@ def wrong_signature(prompts, completions):
 def always_nan(prompts, completions, **kwargs):
     """Nothing it returns is usable."""
     return [float("nan") for _ in completions]
+
+
+#: the prompts of every call of `records_prompts`, in order (a test clears it before a run)
+PROMPTS: list[list[str]] = []
+
+
+def records_prompts(prompts, completions, *, targets, finished, **kwargs):
+    """Exact match; records each call's prompts in PROMPTS (which prompts a run trained on, in order)."""
+    PROMPTS.append(list(prompts))
+    return [float(done and c == t) for c, t, done in zip(completions, targets, finished)]

@@ -199,7 +199,8 @@ def test_sorted_by_mean_best_first_and_best_row_highlighted(loaded):
     assert stats[0].group.label(differing_keys(loaded[2])) == "clip_eps=0.2 gamma=1.0 lam=0.95"
     table = rich_table(stats, differing_keys(loaded[2]), title="t")
     assert table.rows[0].style == "bold green" and table.rows[1].style is None
-    assert [c.header for c in table.columns] == ["clip_eps", "gamma", "lam", "mean", "±95% CI", "n", "failed"]
+    assert [c.header for c in table.columns] == ["#", "clip_eps", "gamma", "lam", "mean", "mean 95% CI", "IQM",
+                                                 "IQM 95% CI", "median", "n", "failed"]
 
 
 def test_by_key_groups_exactly_by_it_and_n1_has_no_ci(loaded):
@@ -300,25 +301,28 @@ def test_cli_writes_report_with_embedded_images_and_logs_it(store, cli_report):
     assert rc == 0
     html = (out / "report.html").read_text()
     for png in ("eval_reward.png", "heatmap_gamma_lam.png", "train_curves.png", "sigmoid_fit.png",
-                "lambda_diagnostics.png"):
+                "lambda_diagnostics.png", "performance_profiles.png"):
         assert (out / png).stat().st_size > 1000, png
         assert f'alt="{png}"' in html
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
     assert "γ × λ heatmap" in html and "sweep sw-main (grid)" in html
-    assert '<tr class="best"><td class="key">0.2</td><td class="key">1.0</td><td class="key">0.95</td>' in html
+    assert '<tr class="best"><td class="num">1</td><td class="key">0.2</td><td class="key">1.0</td>' \
+           '<td class="key">0.95</td>' in html
     assert "1 run failed: " + ERROR in html and "fit failed" not in html
     from mlflow import MlflowClient
 
     logged = {a.path for a in MlflowClient(store["uri"]).list_artifacts(store["parent"], "report")}
-    assert {"report/report.html", "report/heatmap_gamma_lam.png"} <= logged
+    assert {"report/report.html", "report/heatmap_gamma_lam.png", "report/comparison.json",
+            "report/comparison.txt"} <= logged
 
 
 def test_cli_table_by_key_and_failed_line(store, capsys):
     assert main(["--tracking-uri", store["uri"], "--sweep", "sw-main", "--by", "algorithm.lam", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "sweep sw-main (grid)" in out and "1 run failed: " + ERROR in out and "report:" not in out
-    rows = [line for line in out.splitlines() if line.strip().startswith(("│ 0", "┃ 0", "│ 0.0", "│ 0.95"))]
-    assert len(rows) == 2 and "0.95" in rows[0]  # λ=0.95 is better, first
+    table = out[:out.index("└")]  # the first table: the configurations
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    assert [r[:2] for r in rows if r[0]] == [["1", "0.95"], ["2", "0.0"]]  # λ=0.95 is better, first
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -351,3 +355,88 @@ def test_cli_experiment_report_goes_to_default_dir_and_is_not_logged(store, tmp_
     assert "experiment plain — summary/reward_auc" in out and "logged on" not in out
     html = (tmp_path / "rlexp-report" / "plain" / "report.html").read_text()
     assert "all runs" in html and "heatmap" not in html and "fit failed" not in html
+
+
+# ------------------------------------------------------------------ uncertainty, pairs, undetermined fits
+def test_more_than_six_configurations_pair_the_best_with_each_other_unless_a_baseline_is_given(store, capsys):
+    import json
+
+    argv = ["--tracking-uri", store["uri"], "--sweep", "sw-main", "--no-report", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    best = doc["configurations"][0]["name"]
+    assert best == "clip_eps=0.2 gamma=1.0 lam=0.95" and doc["paired"] is True  # the failed seed-2 job is left out
+    assert doc["pair_mode"].startswith("the best against each other (8 configurations")
+    assert [p["a"] for p in doc["pairs"]] == [best] * 7
+    assert [p["b"] for p in doc["pairs"]] == [c["name"] for c in doc["configurations"][1:]]
+    for p in doc["pairs"]:  # the best beats every other on both seeds
+        assert p["prob_improvement"] == 1.0 and p["paired_wins"] == 2 and p["paired_difference"] > 0
+    assert main(argv + ["--baseline", "lam=0.0 clip_eps=0.1 gamma=0.9"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {p["b"] for p in doc["pairs"]} == {"clip_eps=0.1 gamma=0.9 lam=0.0"} and len(doc["pairs"]) == 7
+    assert main(argv + ["--baseline", "algorithm.lam=0.95,gamma=1.0,clip_eps=0.2"]) == 0  # full keys, commas
+    assert {p["b"] for p in json.loads(capsys.readouterr().out)["pairs"]} == {best}
+
+
+@pytest.mark.parametrize("baseline, message", [
+    ("lam=0.95", "--baseline 'lam=0.95' matches 4 configurations; configurations: clip_eps=0.2 gamma=1.0"),
+    ("lam=0.5", "--baseline 'lam=0.5' matches no configuration"),
+    ("seed=0", "'seed=0' is not key=value of a key that differs between the configurations (clip_eps, gamma, lam)"),
+])
+def test_a_baseline_that_names_no_single_configuration_is_one_line(store, capsys, baseline, message):
+    assert main(["--tracking-uri", store["uri"], "--sweep", "sw-main", "--no-report", "--baseline", baseline]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlexp compare: error: ") and message in err and err.count("\n") == 1
+
+
+def test_reps_and_bootstrap_seed_change_the_intervals_only(store, capsys):
+    import json
+
+    def doc(*extra):
+        assert main(["--tracking-uri", store["uri"], "--sweep", "sw-main", "--no-report", "--json",
+                     "--by", "algorithm.lam", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+    base, again, seeded, fewer = doc(), doc(), doc("--bootstrap-seed", "7"), doc("--reps", "200")
+    assert base == again and base["estimators"]["reps"] == 10_000 and fewer["estimators"]["reps"] == 200
+    for other in (seeded, fewer):
+        a, b = base["configurations"][0], other["configurations"][0]
+        assert a["mean"] == b["mean"] and a["iqm"] == b["iqm"] and a["mean_ci"] != b["mean_ci"]
+    assert main(["--tracking-uri", store["uri"], "--no-report", "--reps", "0"]) == 2
+    assert "--reps: expected a whole number ≥ 1, got '0'" in capsys.readouterr().err
+
+
+def test_fits_the_data_do_not_determine_are_flagged(loaded, tmp_path):
+    from rlexp.compare.fit import MIN_PAST_BEND, judge
+
+    for g in loaded[2]:  # 40 iterations past C_mid at ~9 iterations: determined, with the spread over seeds
+        fit = fit_runs(g.finished, per_seed=True)
+        assert fit["determined"] and fit["reason"] is None and fit["past_bend"] >= MIN_PAST_BEND
+        assert len(fit["per_seed"]["A"]) == 2 and fit["per_seed"]["A_sd"] < 0.05
+    short = []  # the same runs cut to 15 iterations (3 evaluations): the curve has barely bent over
+    for r in loaded[0]:
+        hist = {k: [(s, v) for s, v in h if s <= 15] for k, h in r.histories.items()}
+        short.append(dataclasses.replace(r, histories=hist))
+    groups = group_runs(short)
+    fits = [fit_runs(g.finished) for g in groups if g.finished]
+    assert fits and not any(f["determined"] for f in fits)
+    assert all(f["past_bend"] < MIN_PAST_BEND and "past C_mid (needs 3: run longer)" in f["reason"] for f in fits)
+    html = write_report(short, groups, tmp_path, metric="eval/reward_mean").read_text()
+    assert html.count("undetermined (") == len(fits)
+    fit = {"A": 1.385, "A_err": 944.6, "B": 50.0, "B_err": 3.0, "C_mid": 1e4, "C_mid_err": 10.0, "at_bound": ["B"]}
+    ok, reason = judge(fit, past_bend=1)
+    assert not ok and reason == ("B = 50 at its bound (0.01..50); A ± 944.6 exceeds |A| = 1.385; "
+                                 "1 evaluation past C_mid (needs 3: run longer)")
+    assert judge(dict(fit, A_err=0.01, at_bound=[]), past_bend=3) == (True, None)
+
+
+def test_the_sigmoid_plot_labels_an_undetermined_fit_without_its_numbers(loaded):
+    groups = loaded[2][:2]
+    differing = differing_keys(loaded[2])
+    from rlexp.compare.summary import fit_groups
+
+    fits, points = fit_groups(groups, differing)
+    first = groups[0].label(differing)
+    fits[first] = dict(fits[first], determined=False, reason="B at its bound")
+    fig = plots.sigmoid_fits(groups, differing, fits, points)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == f"{first}: undetermined" and labels[1].startswith(f"{groups[1].label(differing)}: A=")

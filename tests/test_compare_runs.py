@@ -100,7 +100,11 @@ def test_runs_compares_exactly_the_chosen_runs_across_experiments(store, capsys,
     assert main(["--tracking-uri", store["uri"], "--runs", ",".join(chosen), "--metric", METRIC]) == 0
     out = capsys.readouterr().out
     assert f"3 chosen runs — {METRIC}" in out and "decoy" not in out
-    assert _rows(out) == [["0.95", "tiny", "0.7000", "1.2706", "2"], ["0", "small", "0.3000", "—", "1"]]
+    first, pairs = out.split("└", 1)  # the configurations, then the pairs (P(improvement))
+    # 0.6 and 0.8: mean = IQM = median = 0.7, and the bootstrap interval of 2 values is [min, max]
+    assert _columns(first) == ["12", "0.950", "tinysmall", "0.70000.3000", "[0.6000,0.8000]—", "0.70000.3000",
+                               "[0.6000,0.8000]—", "0.70000.3000", "21"]
+    assert _rows(pairs) == [["#1", "#2", "1.000", "—", "—", "—", "—"]]  # unpaired: lam=0 ran seed 0 only
     report = tmp_path / "rlexp-report" / f"runs-3-{ids['lam0_b'][:8]}" / "report.html"
     assert "3 runs in 2 configurations; configurations differ in: algorithm.lam, model.name" in report.read_text()
 
@@ -128,11 +132,11 @@ def test_runs_is_not_combined_with_a_sweep_or_an_experiment(store, capsys, other
         load_runs(store["uri"], run_ids=[store["ids"]["lam95_s0"]], experiment="a")
 
 
-def _check_80_columns(out: str, params: list[dict]) -> None:
+def _check_80_columns(out: str, params: list[dict], width: int = 80) -> None:
     from rich.cells import cell_len
 
     lines = out.splitlines()
-    assert max(cell_len(line) for line in lines) <= 80, "\n".join(l for l in lines if cell_len(l) > 80)
+    assert max(cell_len(line) for line in lines) <= width, "\n".join(l for l in lines if cell_len(l) > width)
     assert "…" not in out, out
     columns = _columns(out)
     for p in params:  # every differing key and value is shown, whole: wrapped between words at most
@@ -142,21 +146,23 @@ def _check_80_columns(out: str, params: list[dict]) -> None:
             assert key.removeprefix("algorithm.") in out, (key, out)
 
 
-@pytest.mark.parametrize("experiment, params, layout", [("wrap", WRAP, "wrapped"), ("wide", WIDE, "one row per key")])
-def test_a_wide_table_fits_80_columns_without_cutting_a_value(store, capsys, monkeypatch, experiment, params, layout):
-    monkeypatch.setenv("COLUMNS", "80")
+@pytest.mark.parametrize("experiment, params, width, layout", [
+    ("wrap", WRAP, 110, "wrapped"), ("wrap", WRAP, 80, "one row per key"), ("wide", WIDE, 80, "one row per key")])
+def test_a_wide_table_fits_80_columns_without_cutting_a_value(store, capsys, monkeypatch, experiment, params, width,
+                                                              layout):
+    monkeypatch.setenv("COLUMNS", str(width))
     assert main(["--tracking-uri", store["uri"], "--experiment", experiment, "--no-report", "--metric", METRIC]) == 0
     out = capsys.readouterr().out
-    _check_80_columns(out, params)
-    rows = _rows(out)
+    _check_80_columns(out, params, width)
+    rows = _rows(out[:out.index("└")])  # the configurations' table (the pairs' table follows)
     if layout == "wrapped":  # one table, a row on several lines, cells broken between words only
-        assert all(len(r) == len(params[0]) + 3 for r in rows) and len(rows) > 2
+        assert all(len(r) == len(params[0]) + 7 for r in rows) and len(rows) > 2
         assert WRAP[0]["model.lora.target_modules"] not in out  # (it is wrapped)
     else:  # a block per configuration, best first: one row per key (its rank on the first)
         assert all(len(r) == 3 for r in rows)
         assert [r[0] for r in rows if r[0]] == ["#1", "#2"]
         assert ["mean", "0.6000"] in [r[1:] for r in rows] and ["n", "1"] in [r[1:] for r in rows]
-        assert ["model.name_or_path", WIDE[1]["model.name_or_path"]] in [r[1:] for r in rows]
+        assert ["model.name_or_path", params[-1]["model.name_or_path"]] in [r[1:] for r in rows]
 
 
 def test_terminal_table_keeps_every_value_at_any_width(store):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from rlexp.compare import canonical, differing_keys, group_runs, load_runs, main, summarize, unify_values
-from rlexp.compare import plots
+from rlexp.compare import plots, stats
 
 METRIC = "summary/final_eval_reward"
 # (gamma, lam, lora, task, seed, final reward): the first four are one configuration spelled four ways
@@ -72,12 +72,18 @@ def test_one_value_spelled_several_ways_is_one_configuration(store):
     assert [r.params["algorithm.lam"] for r in runs] == [r[1] for r in RUNS]  # the records are not modified
 
 
-def test_cli_table_and_heatmap_show_each_value_once(store, capsys):
+def test_cli_table_and_heatmap_show_each_value_once(store, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row
     assert main(["--tracking-uri", store, "--experiment", "values", "--no-report", "--metric", METRIC]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("│")]
+    rows = [line for line in out[:out.index("└")].splitlines() if line.startswith("│")]  # the first table
     assert len(rows) == 3, out
-    assert [c.strip() for c in rows[0].split("│")[1:-1]] == ["0.9", "1", "True", "arith", "0.6500", "0.2054", "4"]
+    # 0.5, 0.6, 0.7, 0.8: mean 0.65, IQM (the middle two) 0.65, median 0.65; intervals: the bootstrap's
+    ci = stats.aggregate([0.5, 0.6, 0.7, 0.8])
+    assert ci["mean_ci"][0] < 0.65 < ci["mean_ci"][1]
+    assert [c.strip() for c in rows[0].split("│")[1:-1]] == [
+        "1", "0.9", "1", "True", "arith", "0.6500", f"[{ci['mean_ci'][0]:.4f}, {ci['mean_ci'][1]:.4f}]", "0.6500",
+        f"[{ci['iqm_ci'][0]:.4f}, {ci['iqm_ci'][1]:.4f}]", "0.6500", "4"]
     runs, _ = load_runs(store, experiment="values")
     fig, _ = plots.gamma_lambda_heatmap(unify_values(runs), METRIC, [])
     ax = fig.axes[0]

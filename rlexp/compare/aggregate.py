@@ -8,9 +8,11 @@ are the grouping keys whose values differ between configurations — they name e
 they mean (``canonical``): MLflow keeps params as the strings they were logged as, so ``lam=1`` and
 ``lam=1.0`` are one configuration, shown as the first run spelled it (``unify_values``).
 
-Per configuration ``summarize`` gives the metric's mean over FINISHED runs, the half-width of its
-95% Student-t confidence interval ``t_{0.975, n-1} · s / √n`` (undefined for n = 1), n, and the
-number of FAILED runs. Tables and plots live in ``table.py`` and ``report.py``.
+Per configuration ``summarize`` gives the metric over FINISHED runs: the mean, IQM and median, each with
+its percentile bootstrap 95% interval over the runs (``stats.py``; undefined for n = 1), the half-width
+of the mean's 95% Student-t interval ``t_{0.975, n-1} · s / √n``, n, each run's seed (for paired
+comparisons), and the number of FAILED runs. Pairs, fits and the JSON document are ``summary.py``'s;
+tables and plots live in ``table.py`` and ``report.py``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from rlexp.compare import stats as st
 from rlexp.compare.runs import CompareError, RunRecord
 
 DEFAULT_METRIC = "summary/final_eval_reward"
@@ -119,11 +122,23 @@ class ConfigStats:
     metric: str
     values: list[float]  # the metric of each FINISHED run that logged it
     mean: float | None  # None when no finished run logged the metric
-    ci: float | None  # 95% CI half-width; None when n < 2
+    ci: float | None  # the Student-t 95% CI half-width; None when n < 2
     n: int
     n_failed: int
     n_missing: int  # finished runs that never logged the metric
     n_other: int  # runs neither FINISHED nor FAILED (RUNNING, KILLED...)
+    seeds: list[str | None] = field(default_factory=list)  # each value's run seed (its ``seed`` param)
+    mean_ci: list[float] | None = None  # percentile bootstrap 95% interval [lo, hi]; None when n < 2
+    iqm: float | None = None  # interquartile mean
+    iqm_ci: list[float] | None = None
+    median: float | None = None
+    median_ci: list[float] | None = None
+    runs: list[RunRecord] = field(default_factory=list)  # the runs behind ``values``, in order
+
+    @property
+    def t_ci(self) -> list[float] | None:
+        """The mean's Student-t 95% interval as ``[lo, hi]``."""
+        return None if self.ci is None else [self.mean - self.ci, self.mean + self.ci]
 
 
 def comparable_keys(runs: list[RunRecord]) -> list[str]:
@@ -223,14 +238,21 @@ def check_metric(runs: list[RunRecord], metric: str) -> None:
                        f"metrics logged: {', '.join(names) or '(none)'}")
 
 
-def summarize(groups: list[Group], metric: str = DEFAULT_METRIC) -> list[ConfigStats]:
-    """One ``ConfigStats`` per configuration, best mean first (configurations without a mean last)."""
+def summarize(groups: list[Group], metric: str = DEFAULT_METRIC, *, reps: int = st.DEFAULT_REPS,
+              seed: int = st.DEFAULT_SEED) -> list[ConfigStats]:
+    """One ``ConfigStats`` per configuration, best mean first (configurations without a mean last);
+    ``reps`` bootstrap resamples drawn from ``seed`` (``stats.aggregate``)."""
     stats = []
     for g in groups:
-        vals = [metric_value(r, metric) for r in g.finished]
-        present = [v for v in vals if v is not None]
-        mean, ci = mean_ci(present)
+        vals = [(r, metric_value(r, metric)) for r in g.finished]
+        present = [(r, v) for r, v in vals if v is not None]
+        values = [v for _, v in present]
+        mean, ci = mean_ci(values)
         n_other = len(g.runs) - len(g.finished) - len(g.failed)
-        stats.append(ConfigStats(group=g, metric=metric, values=present, mean=mean, ci=ci, n=len(present),
-                                 n_failed=len(g.failed), n_missing=len(vals) - len(present), n_other=n_other))
+        agg = st.aggregate(values, reps=reps, seed=seed) if values else {}
+        stats.append(ConfigStats(group=g, metric=metric, values=values, mean=mean, ci=ci, n=len(present),
+                                 n_failed=len(g.failed), n_missing=len(vals) - len(present), n_other=n_other,
+                                 seeds=[r.params.get("seed") for r, _ in present], runs=[r for r, _ in present],
+                                 mean_ci=agg.get("mean_ci"), iqm=agg.get("iqm"), iqm_ci=agg.get("iqm_ci"),
+                                 median=agg.get("median"), median_ci=agg.get("median_ci")))
     return sorted(stats, key=lambda s: (s.mean is None, -(s.mean or 0.0)))

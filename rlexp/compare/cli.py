@@ -5,10 +5,13 @@
     rlexp compare --experiment rlexp --by algorithm.lam --metric summary/reward_auc
     rlexp compare --sweep latest --no-report           the table only
     rlexp compare --runs 3f2a9c...,9c1b4e...           chosen runs, from any experiment
+    rlexp compare --sweep latest --json                one JSON document on stdout (docs/sweeps.md)
+    rlexp compare --sweep latest --baseline lam=0.95   P(improvement) of each configuration over lam=0.95
 
 The tracking store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``. The
 report goes to ``--out`` (default ``./rlexp-report/<sweep id, experiment, or runs-N-<first id>>``) and,
-for a sweep, is also logged on the sweep's parent run as artifacts under ``report/``. The table fits
+for a sweep, is also logged on the sweep's parent run as artifacts under ``report/`` (with
+``comparison.json``, the ``--json`` document, and ``comparison.txt``, the terminal's tables). The table fits
 the terminal's width (``$COLUMNS``): it wraps, or shows one row per key, rather than cut a value.
 Heavy libraries (mlflow, scipy, matplotlib) are imported only once the arguments are parsed, so
 ``--help`` is instant.
@@ -16,11 +19,14 @@ Heavy libraries (mlflow, scipy, matplotlib) are imported only once the arguments
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 from rlexp.compare.aggregate import DEFAULT_METRIC
 from rlexp.compare.runs import DEFAULT_EXPERIMENT, CompareError
+from rlexp.compare.stats import DEFAULT_REPS, DEFAULT_SEED
+from rlexp.compare.summary import ALL_PAIRS_MAX
 
 PROG = "rlexp compare"
 
@@ -51,7 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR",
                    help="report directory (default ./rlexp-report/<sweep id, experiment, or runs-N-<first id>>)")
     p.add_argument("--no-report", action="store_true", help="print the table only; write and log no report")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (configurations, pairs, fits) on stdout instead of the tables; "
+                        "the report is still written unless --no-report (its path goes to stderr)")
+    p.add_argument("--baseline", metavar="CONFIG",
+                   help="compare each configuration with this one (P(improvement), paired difference): its name "
+                        "as the table shows it or key=value pairs that only it has, e.g. 'lam=0.95'. Default: "
+                        f"all pairs up to {ALL_PAIRS_MAX} configurations, else the best against each other")
+    p.add_argument("--reps", metavar="N", type=_positive, default=DEFAULT_REPS,
+                   help=f"bootstrap resamples per interval (default {DEFAULT_REPS})")
+    p.add_argument("--bootstrap-seed", metavar="S", type=_non_negative, default=DEFAULT_SEED,
+                   help=f"seed of the bootstrap, so a report is reproducible (default {DEFAULT_SEED})")
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return int(text)
 
 
 def store_uri(arg: str | None, cwd: Path | None = None) -> str:
@@ -73,12 +102,39 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "report"
 
 
+def print_tables(console, c, title: str) -> None:
+    """The comparison's tables as the terminal shows them (also saved as ``comparison.txt``)."""
+    from rich.text import Text
+
+    from rlexp.compare.report import notes
+    from rlexp.compare.table import (failure_summary, fit_rows, pair_rows, pass_at_k_rows, simple_table,
+                                     terminal_table)
+
+    console.print(terminal_table(c.stats, c.differing, title=title, width=console.width))
+    note = failure_summary(c.stats)
+    if note:
+        print(note, file=console.file)
+    for line in notes(c):
+        console.print(Text(line))
+    if c.pairs:
+        console.print(simple_table(*pair_rows(c, names=False), title=f"P(a > b) over runs, {c.pair_mode} "
+                                   f"(#k = rank above); a − b paired by seed"))
+    if c.pass_at_k:
+        console.print(simple_table(*pass_at_k_rows(c), title="pass@k at the last evaluation: mean [95% CI]"))
+    header, rows = fit_rows(c, names=False)
+    if any(not r[-1].startswith("fit failed") for r in rows):
+        console.print(simple_table(header[:1] + header[2:5] + header[6:], [r[:1] + r[2:5] + r[6:] for r in rows],
+                                   title="ScaleRL fit (A asymptote, B exponent, C_mid midpoint)"))
+
+
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from rich.console import Console
 
-    from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, summarize, unify_values
+    from rlexp.compare.aggregate import check_metric, differing_keys, group_runs, unify_values
     from rlexp.compare.runs import load_runs, log_report, parse_run_ids
-    from rlexp.compare.table import failure_summary, terminal_table
+    from rlexp.compare.summary import compare, to_json
 
     run_ids = parse_run_ids(args.runs) if args.runs is not None else None
     uri = store_uri(args.tracking_uri)
@@ -96,18 +152,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         scope = f"experiment {args.experiment or DEFAULT_EXPERIMENT}"
     title = f"{scope} — {args.metric}"
-    stats = summarize(groups, args.metric)
-    console = Console()
-    console.print(terminal_table(stats, differing, title=title, width=console.width))
-    note = failure_summary(stats)
-    if note:
-        print(note)
-    if parent is not None:  # the sweep's planned configurations that have no finished run (rlexp.tracking.sweep)
-        from rlexp.tracking.sweep import print_unfinished
+    c = compare(runs, groups, differing, args.metric, baseline=args.baseline, reps=args.reps,
+                seed=args.bootstrap_seed)
+    document = to_json(c, sweep=parent.sweep_id if parent is not None else args.sweep, scope=scope)
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        print_tables(Console(), c, title)
+        if parent is not None:  # the sweep's planned configurations without a finished run (rlexp.tracking.sweep)
+            from rlexp.tracking.sweep import print_unfinished
 
-        print_unfinished(uri, parent.run_id)
+            print_unfinished(uri, parent.run_id)
     if args.no_report:
         return 0
+    status = sys.stderr if args.json else sys.stdout
 
     from rlexp.compare.report import write_report
 
@@ -116,11 +174,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = parent.sweep_id if parent is not None else (args.sweep or args.experiment or DEFAULT_EXPERIMENT)
     out = Path(args.out) if args.out else Path("rlexp-report") / _safe_name(name)
-    path = write_report(runs, groups, out, metric=args.metric, title=title)
-    print(f"report: {path.resolve()}")
+    path = write_report(runs, groups, out, metric=args.metric, title=title, comparison=c, document=document)
+    text = Console(record=True, width=120, file=io.StringIO())
+    print_tables(text, c, title)
+    (out / "comparison.txt").write_text(text.export_text(), encoding="utf-8")
+    print(f"report: {path.resolve()}", file=status)
     if parent is not None:
         log_report(uri, parent, out)
-        print(f"report logged on the sweep's parent run {parent.run_id} under report/")
+        print(f"report logged on the sweep's parent run {parent.run_id} under report/", file=status)
     return 0
 
 

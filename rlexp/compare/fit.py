@@ -13,6 +13,15 @@ How this departs from a plain ``curve_fit``: the curve is fitted in log-compute,
 orders of magnitude does not upset the optimizer; the fit is started from a small grid of initial
 guesses and the least-squares best is kept. Errors are ``sqrt(diag(cov))``, with
 ``C_mid_err = C_mid · err(m)`` (first order). Plots live in ``report.py``.
+
+**Undetermined fits.** ``curve_fit`` returns numbers even when the data do not pin the curve down (a
+6-iteration run gave A = 1.385 ± 944.6 with B at its bound). ``judge`` marks a fit *undetermined*, with the
+reasons, when a parameter sits at a bound of the search box (``at_bound``), when a standard error exceeds
+its parameter (or is infinite), or when fewer than ``MIN_PAST_BEND`` evaluations lie past C_mid: the
+asymptote A is read from the points where the curve bends over, and three unknowns need at least three of
+them there. So a run needs ``C_mid`` plus three evaluation intervals of compute; on the embedded task this
+is measured in ``docs/sweeps.md``. ``fit_runs`` fits a configuration (its seeds pooled) and each seed alone
+(``per_seed``: the spread of A and B across seeds, the noise floor a difference in A must beat).
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ from rlexp.compare.runs import RunRecord
 EVAL_METRIC = "eval/reward_mean"
 COMPUTE_METRIC = "perf/total_tokens"
 B_BOUNDS = (1e-2, 50.0)
+MIN_PAST_BEND = 3  # evaluations past C_mid that a determined fit needs
+AT_BOUND = 1e-3  # a parameter within this fraction of its search range of a bound is "at" it (B: in log B)
 
 
 class FitError(ValueError):
@@ -44,8 +55,9 @@ def sigmoid_curve(compute, A: float, B: float, C_mid: float, r0: float):
 def fit_sigmoid(compute, reward, r0: float) -> dict:
     """Fit A, B, C_mid of the ScaleRL curve with R0 = ``r0`` fixed; points with compute ≤ 0 are ignored.
 
-    Returns ``dict(A, B, C_mid, A_err, B_err, C_mid_err, r0, n, rmse)`` (an error is ``inf`` when
-    the data do not determine that parameter). Raises ``FitError`` with fewer than 3 usable points,
+    Returns ``dict(A, B, C_mid, A_err, B_err, C_mid_err, r0, n, rmse, at_bound)`` (an error is ``inf``
+    when the data do not determine that parameter; ``at_bound`` names the parameters at a bound of the
+    search box, e.g. ``["B"]``). Raises ``FitError`` with fewer than 3 usable points,
     or when the reward never moves away from ``r0``.
     """
     import numpy as np
@@ -96,9 +108,31 @@ def fit_sigmoid(compute, reward, r0: float) -> dict:
     sse, (A, B, m), pcov = best
     errs = [math.sqrt(v) if math.isfinite(v) and v >= 0 else math.inf for v in np.diag(pcov)]
     C_mid = math.exp(m)
+    at_bound = []
+    for name, v, lo, hi in (("A", A, lower[0], upper[0]), ("B", math.log(B), *map(math.log, B_BOUNDS)),
+                            ("C_mid", m, lower[2], upper[2])):
+        if min(v - lo, hi - v) <= AT_BOUND * (hi - lo):
+            at_bound.append(name)
     return {"A": float(A), "B": float(B), "C_mid": C_mid, "A_err": errs[0], "B_err": errs[1],
             "C_mid_err": C_mid * errs[2], "r0": float(r0), "n": int(c.size),
-            "rmse": math.sqrt(sse / c.size)}
+            "rmse": math.sqrt(sse / c.size), "at_bound": at_bound}
+
+
+def judge(fit: dict, past_bend: int | None = None) -> tuple[bool, str | None]:
+    """``(determined, reason)``: False with the reasons (joined by "; ") when a parameter is at a bound, a
+    standard error exceeds its parameter, or ``past_bend`` (evaluations past C_mid) < ``MIN_PAST_BEND``."""
+    reasons = []
+    bounds = {"A": "its bound", "B": f"its bound ({B_BOUNDS[0]:g}..{B_BOUNDS[1]:g})", "C_mid": "its bound"}
+    for name in fit.get("at_bound", []):
+        reasons.append(f"{name} = {fit[name]:.4g} at {bounds[name]}")
+    for name in ("A", "B", "C_mid"):
+        err = fit[f"{name}_err"]
+        if not math.isfinite(err) or err > abs(fit[name]):
+            reasons.append(f"{name} ± {err:.4g} exceeds |{name}| = {abs(fit[name]):.4g}")
+    if past_bend is not None and past_bend < MIN_PAST_BEND:
+        reasons.append(f"{past_bend} evaluation{'s' if past_bend != 1 else ''} past C_mid "
+                       f"(needs {MIN_PAST_BEND}: run longer)")
+    return not reasons, "; ".join(reasons) or None
 
 
 def _value_at(history: list[tuple[int, float]], step: int) -> float | None:
@@ -126,7 +160,45 @@ def fit_points(runs: list[RunRecord]) -> tuple[list[float], list[float], float]:
     return compute, reward, sum(starts) / len(starts)
 
 
-def fit_runs(runs: list[RunRecord]) -> dict:
-    """The sigmoid fitted to the pooled evaluations of ``runs`` (one configuration's seeds)."""
+def evaluations_past(runs: list[RunRecord], c_mid: float) -> int:
+    """How many evaluation steps (after step 0) of ``runs`` come at more compute than ``c_mid``: at a step,
+    the mean ``perf/total_tokens`` of the runs that evaluated there."""
+    at_step: dict[int, list[float]] = {}
+    for run in runs:
+        tokens = run.history(COMPUTE_METRIC)
+        for step, _ in run.history(EVAL_METRIC):
+            c = _value_at(tokens, step)
+            if step > 0 and c is not None:
+                at_step.setdefault(step, []).append(c)
+    return sum(sum(cs) / len(cs) > c_mid for cs in at_step.values())
+
+
+def fit_runs(runs: list[RunRecord], *, per_seed: bool = False) -> dict:
+    """The sigmoid fitted to the pooled evaluations of ``runs`` (one configuration's seeds), with
+    ``past_bend``, ``determined`` and ``reason`` (``judge``). ``per_seed``: also each run fitted alone,
+    ``per_seed = {"A": [...], "B": [...], "A_sd", "B_sd", "determined": k}`` over the runs whose fit did
+    not fail (sd with ddof 1; None under 2 fits)."""
     compute, reward, r0 = fit_points(runs)
-    return fit_sigmoid(compute, reward, r0)
+    fit = fit_sigmoid(compute, reward, r0)
+    fit["past_bend"] = evaluations_past(runs, fit["C_mid"])
+    fit["determined"], fit["reason"] = judge(fit, fit["past_bend"])
+    if per_seed and len(runs) > 1:
+        fits = []
+        for run in runs:
+            try:
+                one = fit_sigmoid(*fit_points([run]))
+            except FitError:
+                continue
+            one["determined"] = judge(one, evaluations_past([run], one["C_mid"]))[0]
+            fits.append(one)
+        fit["per_seed"] = {"A": [f["A"] for f in fits], "B": [f["B"] for f in fits],
+                           "A_sd": _sd([f["A"] for f in fits]), "B_sd": _sd([f["B"] for f in fits]),
+                           "determined": sum(f["determined"] for f in fits)}
+    return fit
+
+
+def _sd(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))

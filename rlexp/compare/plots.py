@@ -45,6 +45,23 @@ def _as_float(v: str | None) -> float | None:
         return None
 
 
+def bootstrap_band(runs: list[RunRecord], metric: str, *, reps: int = 2000):
+    """``(steps, mean, low, high)`` of ``metric`` over runs at every step any of them logged; the band is
+    the percentile bootstrap 95% interval of the mean over the runs at that step (``stats.bootstrap_ci``,
+    seeded; the mean itself where a step has one value). Empty lists when no run logged it."""
+    from rlexp.compare import stats
+
+    per_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, v in run.history(metric):
+            if math.isfinite(v):
+                per_step.setdefault(step, []).append(v)
+    steps = sorted(per_step)
+    means = [sum(per_step[s]) / len(per_step[s]) for s in steps]
+    cis = [stats.bootstrap_ci(per_step[s], reps=reps) or (m, m) for s, m in zip(steps, means)]
+    return steps, means, [lo for lo, _ in cis], [hi for _, hi in cis]
+
+
 def mean_band(runs: list[RunRecord], metric: str):
     """``(steps, mean, low, high)`` of ``metric`` over runs at every step any of them logged;
     the band is the min–max over the runs at that step. Empty lists when no run logged it."""
@@ -83,12 +100,12 @@ def _figure_legend(fig, ax) -> None:
 
 
 def eval_curves(groups: list[Group], differing: list[str]):
-    """(a) ``eval/reward_mean`` against iterations: per configuration the mean over seeds and the
-    min–max band."""
+    """(a) ``eval/reward_mean`` against iterations: per configuration the mean over seeds and its
+    bootstrap 95% band (``bootstrap_band``)."""
     fig, (ax,) = new_figure(width=8.0, height=4.5)
     drawn = 0
     for g, color in zip(groups, _colors(len(groups))):
-        steps, mean, low, high = mean_band(g.finished, EVAL_METRIC)
+        steps, mean, low, high = bootstrap_band(g.finished, EVAL_METRIC)
         if not steps:
             continue
         ax.plot(steps, mean, marker="o", ms=3, color=color, label=f"{g.label(differing)} (n={len(g.finished)})")
@@ -96,7 +113,7 @@ def eval_curves(groups: list[Group], differing: list[str]):
         drawn += 1
     if not drawn:
         return None
-    ax.set(xlabel="RL iteration", ylabel=EVAL_METRIC, title="evaluation reward (mean over seeds, min–max band)")
+    ax.set(xlabel="RL iteration", ylabel=EVAL_METRIC, title="evaluation reward (mean over seeds, bootstrap 95% band)")
     ax.grid(alpha=0.3)
     _legend(ax, drawn)
     return fig
@@ -196,10 +213,12 @@ def sigmoid_fits(groups: list[Group], differing: list[str], fits: dict[str, dict
             continue
         ax.scatter(compute, reward, s=10, color=color, alpha=0.6)
         fit = fits.get(label)
-        if isinstance(fit, dict):
+        if isinstance(fit, dict):  # an undetermined fit: dashed, and no number in its label
             grid = np.logspace(math.log10(min(compute)), math.log10(max(compute)), 200)
+            determined = fit.get("determined", True)
             ax.plot(grid, sigmoid_curve(grid, fit["A"], fit["B"], fit["C_mid"], fit["r0"]), color=color,
-                    label=f"{label}: A={fit['A']:.3f}")
+                    ls="-" if determined else "--", alpha=1.0 if determined else 0.6,
+                    label=f"{label}: A={fit['A']:.3f}" if determined else f"{label}: undetermined")
         else:
             ax.plot([], [], color=color, ls=":", label=f"{label}: fit failed")
         drawn += 1
@@ -244,4 +263,26 @@ def lambda_diagnostics(runs: list[RunRecord], differing: list[str]):
         ax.set(xlabel="λ (lam)", title=m)
         ax.grid(alpha=0.3)
     _figure_legend(fig, axes[0])
+    return fig
+
+
+def performance_profiles(c):
+    """The performance profile of each configuration of ``c`` (a ``summary.Comparison``): the fraction of
+    its runs scoring above τ against τ, with the bootstrap 95% band; ``None`` without thresholds."""
+    if not c.thresholds or not c.profiles:
+        return None
+    fig, (ax,) = new_figure(width=8.0, height=4.0)
+    for s, color in zip(c.stats, _colors(len(c.stats))):
+        prof = c.profiles.get(c.label(s))
+        if prof is None:
+            continue
+        ax.step(c.thresholds, prof["fraction"], where="post", color=color, label=f"#{c.rank(c.label(s))} "
+                f"{c.label(s)} (n={s.n})")
+        if prof["ci_low"] is not None:
+            ax.fill_between(c.thresholds, prof["ci_low"], prof["ci_high"], step="post", color=color, alpha=0.12,
+                            linewidth=0)
+    ax.set(xlabel=f"τ ({c.metric})", ylabel="fraction of runs > τ", ylim=(-0.02, 1.02),
+           title="performance profiles (bootstrap 95% band)")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(c.profiles))
     return fig

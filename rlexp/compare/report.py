@@ -1,28 +1,33 @@
 """The comparison report: one self-contained ``report.html`` plus the PNG figures beside it.
 
-Sections, in order: the comparison table (and a note on failed runs); (a) evaluation reward
-against iterations; (b) a γ×λ heatmap of the metric, one panel per ``clip_eps`` (only when γ and λ
-both vary); (c) training diagnostics (clip fraction, KL, entropy, response length); (d) the ScaleRL
-sigmoid fit per configuration, with a table of A, B, C_mid and their errors (a fit that fails is
-listed as failed); (e) λ diagnostics (advantage variance, bias and MSE against Monte-Carlo
+Sections, in order: the comparison table (mean, IQM, median with bootstrap intervals; a note on
+failed runs), the pairs (P(improvement), paired differences), pass@k when the runs logged it, the
+performance profiles; (a) evaluation reward against iterations (bootstrap band over seeds); (b) a γ×λ
+heatmap of the metric, one panel per ``clip_eps`` (only when γ and λ both vary); (c) training
+diagnostics (clip fraction, KL, entropy, response length); (d) the ScaleRL sigmoid fit per
+configuration, with a table of A, B, C_mid and their errors, or why the fit is undetermined or failed;
+(e) λ diagnostics (advantage variance, bias and MSE against Monte-Carlo
 advantages, explained variance) when λ varies. Each PNG is embedded as base64 and also saved as a
-file, so the page works alone and the images can be reused. Figures are drawn in ``plots.py``.
+file, so the page works alone and the images can be reused. Figures are drawn in ``plots.py``; the
+numbers come from one ``summary.Comparison``, the one the terminal and ``--json`` show, which is also
+saved beside the page as ``comparison.json``.
 """
 from __future__ import annotations
 
 import base64
 import html
-import math
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rlexp.compare import plots
-from rlexp.compare.aggregate import DEFAULT_METRIC, Group, differing_keys, summarize, unify_values
-from rlexp.compare.fit import FitError, fit_points, fit_sigmoid
+from rlexp.compare.aggregate import DEFAULT_METRIC, Group, differing_keys, unify_values
 from rlexp.compare.runs import RunRecord
-from rlexp.compare.table import NO_VALUE, failure_summary, html_table
+from rlexp.compare.summary import Comparison, compare
+from rlexp.compare.table import failure_summary, fit_rows, html_rows, html_table, pair_rows, pass_at_k_rows
 
 REPORT_NAME = "report.html"
+JSON_NAME = "comparison.json"
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -45,72 +50,46 @@ def _save_png(fig, out_dir: Path, name: str) -> str:
            f"<figcaption>file: {html.escape(name)}</figcaption></figure>"
 
 
-def _pm(value: float, err: float, fmt: str) -> str:
-    err_s = NO_VALUE if not math.isfinite(err) else format(err, fmt)
-    return f"{format(value, fmt)} ± {err_s}"
-
-
-def fit_groups(groups: list[Group], differing: list[str]) -> tuple[dict, dict]:
-    """Fit the ScaleRL curve to each configuration's finished runs (seeds pooled).
-
-    Returns ``(fits, points)`` keyed by configuration label: ``fits[label]`` is the fit dict or the
-    reason it failed (a string); ``points[label] = (compute, reward, r0)``.
-    """
-    fits: dict[str, dict | str] = {}
-    points: dict[str, tuple] = {}
-    for g in groups:
-        label = g.label(differing)
-        if not g.finished:
-            fits[label] = "no finished run"
-            continue
-        try:
-            points[label] = fit_points(g.finished)
-            fits[label] = fit_sigmoid(*points[label])
-        except FitError as e:
-            fits[label] = str(e)
-    return fits, points
-
-
-def fit_table(fits: dict[str, dict | str]) -> str:
-    """The fitted parameters as an HTML table; a failed fit gets one row saying why."""
-    rows = ["<table>", "<caption>ScaleRL sigmoid fit per configuration (errors: √diag(cov))</caption>",
-            "<tr><th>configuration</th><th>R0 (fixed)</th><th>A</th><th>B</th><th>C_mid (tokens)</th>"
-            "<th>points</th><th>RMSE</th></tr>"]
-    for label, fit in fits.items():
-        name = html.escape(label)
-        if isinstance(fit, str):
-            rows.append(f'<tr><td>{name}</td><td colspan="6" class="note">fit failed: {html.escape(fit)}</td></tr>')
-            continue
-        cells = [f"{fit['r0']:.4f}", _pm(fit["A"], fit["A_err"], ".4f"), _pm(fit["B"], fit["B_err"], ".3f"),
-                 _pm(fit["C_mid"], fit["C_mid_err"], ".4g"), str(fit["n"]), f"{fit['rmse']:.4f}"]
-        rows.append(f"<tr><td>{name}</td>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in cells)
-                    + "</tr>")
-    rows.append("</table>")
-    return "\n".join(rows)
-
-
 def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path, *,
-                 metric: str = DEFAULT_METRIC, title: str | None = None) -> Path:
+                 metric: str = DEFAULT_METRIC, title: str | None = None, comparison: Comparison | None = None,
+                 document: dict | None = None) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir`` (created); returns the HTML's path.
 
     ``runs`` are all the runs compared, ``groups`` their configurations (``aggregate.group_runs``),
-    ``metric`` the one the table ranks by and the heatmap shows.
+    ``metric`` the one the table ranks by and the heatmap shows; ``comparison`` its numbers (computed
+    here when not given) and ``document`` their JSON (``summary.to_json``), saved as ``comparison.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = unify_values(runs)  # the heatmap's cells: lam=1 and lam=1.0 are one
     differing = differing_keys(groups)
-    stats = summarize(groups, metric)
+    c = comparison or compare(runs, groups, differing, metric)
+    stats = c.stats
     title = title or f"rlexp comparison — {metric}"
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="muted">{len(runs)} runs in {len(groups)} configurations; configurations differ in: '
             f"{html.escape(', '.join(differing) or '(nothing: one configuration)')}. "
             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.</p>",
-            "<h2>Comparison</h2>", html_table(stats, differing, title=f"{metric}: mean over finished runs, "
-                                                                     f"95% Student-t CI")]
+            "<h2>Comparison</h2>", html_table(stats, differing, title=f"{metric} over finished runs: mean, "
+                                                                     f"IQM, median; percentile bootstrap 95% "
+                                                                     f"intervals ({c.reps} resamples, seed {c.seed})")]
     note = failure_summary(stats)
     if note:
         body.append(f'<p class="note">{html.escape(note)}</p>')
+    for line in notes(c):
+        body.append(f'<p class="muted">{html.escape(line)}</p>')
+    if c.pairs:
+        body.append(html_rows(*pair_rows(c, names=True), key_columns=2,
+                              title=f"Probability of improvement P(a > b) over runs, {c.pair_mode}; paired "
+                                    f"difference a − b over the seeds both ran"))
+    if c.pass_at_k:
+        body.append(html_rows(*pass_at_k_rows(c), title="pass@k at the last evaluation: mean [bootstrap 95% CI] "
+                                                        "over runs"))
+    fig = plots.performance_profiles(c)
+    if fig:
+        body += [_save_png(fig, out, "performance_profiles.png"),
+                 f"<p>Performance profiles: the fraction of each configuration's runs whose {html.escape(metric)} "
+                 f"exceeds τ, with a bootstrap 95% band.</p>"]
 
     body.append("<h2>(a) Evaluation reward</h2>")
     fig = plots.eval_curves(groups, differing)
@@ -127,11 +106,11 @@ def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path
         body += ["<h2>(c) Training diagnostics</h2>", _save_png(fig, out, "train_curves.png")]
 
     body.append("<h2>(d) Compute scaling: ScaleRL sigmoid fit</h2>")
-    fits, points = fit_groups(groups, differing)
-    fig = plots.sigmoid_fits(groups, differing, fits, points)
+    fig = plots.sigmoid_fits(groups, differing, c.fits, c.points)
     if fig:
         body.append(_save_png(fig, out, "sigmoid_fit.png"))
-    body.append(fit_table(fits))
+    body.append(html_rows(*fit_rows(c, names=True), title="ScaleRL sigmoid fit per configuration (errors: "
+                                                          "√diag(cov); an undetermined fit's numbers are not shown)"))
 
     fig = plots.lambda_diagnostics(runs, differing)
     if fig:
@@ -144,4 +123,16 @@ def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>", *body, "</body></html>"]
     path = out / REPORT_NAME
     path.write_text("\n".join(page), encoding="utf-8")
+    if document is not None:
+        (out / JSON_NAME).write_text(json.dumps(document, indent=1), encoding="utf-8")
     return path
+
+
+def notes(c: Comparison) -> list[str]:
+    """The lines under the comparison table: how to read its intervals when runs are few."""
+    few = sorted({s.n for s in c.stats if 2 <= s.n < 10})
+    if not few:
+        return []
+    return [f"n = {', '.join(map(str, few))}: percentile bootstrap intervals over fewer than 10 runs cover less "
+            f"than 95% (on normal data: 50% at n = 2, 74% at n = 3, 85% at n = 5, 90% at n = 10; see "
+            f"docs/sweeps.md); the mean's Student-t interval is in --json as mean_t_ci."]

@@ -1,9 +1,11 @@
-"""The comparison table: a Rich table for the terminal, the same rows as HTML for the report, and
+"""The comparison tables: Rich tables for the terminal, the same rows as HTML for the report, and
 a plain-text note on failed (or unfinished) runs.
 
-Rows come from ``aggregate.summarize`` (best mean first); the columns are the differing keys, then
-the mean, the ±95% CI half-width, n and — when any run failed — the failed count. The best row is
-bold green. In a terminal too narrow for one line per row (``terminal_table``), cells wrap between
+Rows come from ``aggregate.summarize`` (best mean first); the columns are the rank (#), the differing
+keys, then the mean, its bootstrap 95% interval, the IQM and its interval, the median, n and — when any
+run failed — the failed count. The best row is bold green. ``pair_rows``, ``pass_at_k_rows`` and
+``fit_rows`` give the other tables of a ``summary.Comparison`` (pairs name configurations by rank in the
+terminal, by name in the report). In a terminal too narrow for one line per row (``terminal_table``), cells wrap between
 words; when even that does not fit, each configuration becomes a block of one row per key. No value
 is ever cut short. Nothing here reads MLflow or computes statistics.
 """
@@ -22,16 +24,26 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return NO_VALUE if x is None else f"{x:.{digits}f}"
 
 
-def table_rows(stats: list[ConfigStats], columns: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows as strings: one row per configuration, in the order of ``stats``."""
+def _ci(ci, digits: int = 4) -> str:
+    return NO_VALUE if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+STAT_COLUMNS = ["mean", "mean 95% CI", "IQM", "IQM 95% CI", "median", "n"]
+
+
+def table_rows(stats: list[ConfigStats], columns: list[str], *,
+               rank: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and rows as strings: one row per configuration, in the order of ``stats`` (``rank``: first
+    a ``#`` column, 1 = best)."""
     with_failed = any(s.n_failed for s in stats)
-    header = [short_key(k) for k in columns] + ["mean", "±95% CI", "n"] + (["failed"] if with_failed else [])
+    header = (["#"] if rank else []) + [short_key(k) for k in columns] + STAT_COLUMNS \
+        + (["failed"] if with_failed else [])
     rows = []
-    for s in stats:
+    for i, s in enumerate(stats):
         vals = s.group.values
-        row = [NO_VALUE if vals.get(k) is None else str(vals[k]) for k in columns]
-        row += [_fmt(s.mean), _fmt(s.ci), str(s.n)] + ([str(s.n_failed)] if with_failed else [])
-        rows.append(row)
+        row = ([str(i + 1)] if rank else []) + [NO_VALUE if vals.get(k) is None else str(vals[k]) for k in columns]
+        row += [_fmt(s.mean), _ci(s.mean_ci), _fmt(s.iqm), _ci(s.iqm_ci), _fmt(s.median), str(s.n)]
+        rows.append(row + ([str(s.n_failed)] if with_failed else []))
     return header, rows
 
 
@@ -51,7 +63,7 @@ def rich_table(stats: list[ConfigStats], columns: list[str], *, title: str, widt
     table = Table(title=title, title_justify="left",  # the title on one line where it fits
                   min_width=len(title) if width is None else min(len(title), width))
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < len(columns) else "right", overflow="fold",
+        table.add_column(name, justify="left" if 0 < i <= len(columns) else "right", overflow="fold",
                          width=None if widths is None else widths[i])
     best = best_index(stats)
     for i, row in enumerate(rows):  # Text: a value such as "[red]" is shown, not read as markup
@@ -98,13 +110,13 @@ def terminal_table(stats: list[ConfigStats], columns: list[str], *, title: str, 
 
 def per_key_table(stats: list[ConfigStats], columns: list[str], *, title: str, width: int):
     """The comparison as one block per configuration (best first), one row per key: its differing
-    keys' values, then mean, ±95% CI, n (and failed). Two columns that fit in ``width``; a value
+    keys' values, then the statistics of ``STAT_COLUMNS`` (and failed). Two columns that fit in ``width``; a value
     longer than its column folds onto the next lines, whole."""
     from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
-    header, rows = table_rows(stats, columns)
+    header, rows = table_rows(stats, columns, rank=False)
     rank_w = len(str(len(rows))) + 1
     room = max(width - 10 - rank_w, 2)  # 3 columns: 4 borders, 2 cells of padding each
     longest_value = max(cell_len(c) for r in rows for c in r)
@@ -152,8 +164,101 @@ def html_table(stats: list[ConfigStats], columns: list[str], *, title: str) -> s
     out += [f"<th>{html.escape(h)}</th>" for h in header] + ["</tr>"]
     for i, row in enumerate(rows):
         cls = ' class="best"' if i == best else ""
-        cells = "".join(f'<td class="{"key" if j < len(columns) else "num"}">{html.escape(c)}</td>'
+        cells = "".join(f'<td class="{"key" if 0 < j <= len(columns) else "num"}">{html.escape(c)}</td>'
                         for j, c in enumerate(row))
         out.append(f"<tr{cls}>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+
+# ------------------------------------------------------------------------ the other tables of a Comparison
+def pair_rows(c, *, names: bool) -> tuple[list[str], list[list[str]]]:
+    """The pairs of ``c`` (a ``summary.Comparison``): P(a > b) and its interval, the paired difference a − b
+    and its interval (when a and b ran the same seeds) and on how many seeds a beat b. ``names``: the
+    configurations by rank and name (the report), else by rank (``#2``, the terminal)."""
+    header = ["a", "b", "P(a > b)", "95% CI", "a − b (paired)", "95% CI", "seeds a > b"]
+    rows = []
+    for p in c.pairs:
+        who = [f"#{c.rank(p[k])}" + (f" {p[k]}" if names else "") for k in ("a", "b")]
+        wins = NO_VALUE if p["paired_wins"] is None else f"{p['paired_wins']}/{len(p['paired_seeds'])}"
+        rows.append(who + [f"{p['prob_improvement']:.3f}", _ci(p["ci"], 3), _fmt(p["paired_difference"]),
+                           _ci(p["paired_ci"]), wins])
+    return header, rows
+
+
+def pass_at_k_rows(c) -> tuple[list[str], list[list[str]]]:
+    """One row per configuration (rank), one column per ``eval/pass_at_K``: ``mean [95% CI]`` over its runs."""
+    metrics = sorted({m for per in c.pass_at_k.values() for m in per},
+                     key=lambda m: int(m.rsplit("_", 1)[1]))
+    header = ["#"] + [m.removeprefix("eval/").replace("pass_at_", "pass@") for m in metrics] + ["n"]
+    rows = []
+    for s in c.stats:
+        per = c.pass_at_k.get(c.label(s))
+        if not per:
+            continue
+        cells = [f"{per[m]['mean']:.3f} {_ci(per[m]['mean_ci'], 3)}" if m in per else NO_VALUE for m in metrics]
+        rows.append([str(c.rank(c.label(s)))] + cells + [str(max(a["n"] for a in per.values()))])
+    return header, rows
+
+
+def _pm(value: float, err: float, fmt: str) -> str:
+    import math
+
+    return f"{format(value, fmt)} ± {NO_VALUE if not math.isfinite(err) else format(err, fmt)}"
+
+
+def fit_status(fit: dict | str) -> str:
+    """``determined``, ``undetermined (reasons)`` or ``fit failed: why``."""
+    if isinstance(fit, str):
+        return f"fit failed: {fit}"
+    return "determined" if fit["determined"] else f"undetermined ({fit['reason']})"
+
+
+def fit_rows(c, *, names: bool) -> tuple[list[str], list[list[str]]]:
+    """The ScaleRL fit of each configuration: R0, A, B, C_mid with their standard errors (only for a fit the
+    data determine: an undetermined fit's numbers are not shown), the points pooled, the evaluations past
+    C_mid, the spread (sd) of A and B over the seeds fitted alone, and the fit's status."""
+    header = ["configuration" if names else "#", "R0 (fixed)", "A", "B", "C_mid (tokens)", "points", "past C_mid",
+              "A, B over seeds (sd)", "status"]
+    rows = []
+    for s in c.stats:
+        label = c.label(s)
+        fit = c.fits.get(label)
+        if fit is None:
+            continue
+        who = f"#{c.rank(label)}" + (f" {label}" if names else "")
+        if isinstance(fit, str):
+            rows.append([who] + [NO_VALUE] * 7 + [fit_status(fit)])
+            continue
+        nums = [_pm(fit["A"], fit["A_err"], ".4f"), _pm(fit["B"], fit["B_err"], ".3f"),
+                _pm(fit["C_mid"], fit["C_mid_err"], ".4g")] if fit["determined"] else [NO_VALUE] * 3
+        seeds = fit.get("per_seed")
+        spread = NO_VALUE if not seeds or seeds["A_sd"] is None else \
+            f"{seeds['A_sd']:.4f}, {seeds['B_sd']:.3f} ({len(seeds['A'])} runs)"
+        rows.append([who, f"{fit['r0']:.4f}", *nums, str(fit["n"]), str(fit["past_bend"]), spread, fit_status(fit)])
+    return header, rows
+
+
+def simple_table(header: list[str], rows: list[list[str]], *, title: str):
+    """A Rich table of string cells that fold (never cut) when the terminal is narrow."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left")
+    for name in header:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*map(Text, row))
+    return table
+
+
+def html_rows(header: list[str], rows: list[list[str]], *, title: str, key_columns: int = 1) -> str:
+    """An HTML ``<table>`` of string cells; the first ``key_columns`` left-aligned, the rest numbers."""
+    out = ['<table class="cmp">', f"<caption>{html.escape(title)}</caption>", "<tr>"]
+    out += [f"<th>{html.escape(h)}</th>" for h in header] + ["</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f'<td class="{"key" if j < key_columns else "num"}">{html.escape(x)}</td>'
+                                    for j, x in enumerate(row)) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
