@@ -157,8 +157,9 @@ def check_split(task) -> tuple[list, list, bool]:
     return pool[:CHECK_PROMPTS], pool, False
 
 
-def made_of(src: Path, model_cfg, task) -> dict:
-    """Everything that makes a warm start: its cache key hashes this."""
+def made_of(src: Path, model_cfg, task, precision: str = "32-true") -> dict:
+    """Everything that makes a warm start: its cache key hashes this (``precision``: ``hardware.precision``, which
+    the warm start trains at; in the key only when it is not float32, so those keys stay as they were)."""
     out = {"src": str(src.resolve()), "ws": OmegaConf.to_container(model_cfg.warmstart), "task": task.fingerprint(),
            "seed": model_cfg.init_seed, "dtype": model_cfg.dtype, "v": _VERSION}
     gguf_file = source_gguf_file(model_cfg, src)
@@ -166,6 +167,8 @@ def made_of(src: Path, model_cfg, task) -> dict:
         out["gguf_file"] = gguf_file
     if not check_split(task)[2]:  # likewise: only small pools, checked on their training prompts
         out["check"] = "train"
+    if str(precision) not in ("32-true", "32"):  # a bf16 warm start is another model than the float32 one
+        out["precision"] = str(precision)
     return out
 
 
@@ -174,7 +177,7 @@ def warm_start(src: Path, model_cfg, task, hardware_cfg) -> tuple[Path, dict]:
     ws = model_cfg.warmstart
     gguf_file = source_gguf_file(model_cfg, src)
     check, train, held_out = check_split(task)
-    key = _key(made_of(src, model_cfg, task))
+    key = _key(made_of(src, model_cfg, task, hardware_cfg.precision))
     target = Path(model_cfg.cache_dir).expanduser() / "warmstart" / f"{model_cfg.name}-{key}"
     with _locked(target):
         if (target / INFO_FILE).is_file():

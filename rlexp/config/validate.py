@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlexp.config.engines import check_rollout_engine
 from rlexp.config.paths import DatasetError
+from rlexp.config.precision import check_cpu_precision, runs_on_cpu
 from rlexp.config.schema import KINDS, OPEN_KINDS, SCHEMAS, model_kind, reward_names
 
 
@@ -243,10 +244,12 @@ def check_machine(cfg: DictConfig) -> None:
                               f"device(s)")
         if hw.accelerator == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("hardware.accelerator=mps needs Apple's MPS backend, which this machine does not have")
-        on_cpu = hw.accelerator == "cpu" or (hw.accelerator == "auto" and not cuda)
+        on_cpu = runs_on_cpu(hw, cuda)
         if on_cpu and hw.precision == "16-mixed":
             raise ConfigError("hardware.precision=16-mixed needs a GPU: on CPU Lightning would run bf16-mixed "
                               "instead while the run records 16-mixed; use hardware.precision=bf16-mixed or 32-true")
+        if on_cpu:
+            check_cpu_precision(hw, ConfigError)  # bf16: only where the CPU has bf16 instructions
     m = cfg.get("model")
     if m is not None and m.get("cache_dir"):
         check_writable_dir("model.cache_dir", m.cache_dir, env="RLEXP_CACHE_DIR")

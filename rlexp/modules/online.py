@@ -134,9 +134,10 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
     def _generate(self, draw: int):
         a, r = self.algo, self.rollout_cfg
         examples, idx = self.sample_prompts(self.iteration, draw)
-        batch = generate_rollout(self.actor, self.tokenizer, self.task, examples, num_generations=a.num_generations,
-                                 max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                 prompt_index=idx, engine=self.rollout_engine(draw))
+        with self.sampling():  # at the weights' dtype: outside bf16-mixed's autocast (RunRecorder.sampling)
+            batch = generate_rollout(self.actor, self.tokenizer, self.task, examples, num_generations=a.num_generations,
+                                     max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                     prompt_index=idx, engine=self.rollout_engine(draw))
         if a.overlong_penalty > 0:  # DAPO soft overlong punishment: the score is shaped, the verdict is not
             batch.token_rewards, batch.scores = core.add_overlong_penalty(
                 batch.token_rewards, batch.scores, batch.mask, a.overlong_max_len or self.max_new_tokens,

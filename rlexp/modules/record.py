@@ -70,6 +70,13 @@ class RunRecorder:
         if self.logger is not None and new:
             self.logger.log_metrics(new, step=step)
 
+    def sampling(self):
+        """The context of every generation (rollouts, the greedy and pass@k evaluations): outside autocast, so the
+        sampler runs at the weights' dtype whatever ``hardware.precision`` does to the training step (``bf16-mixed``:
+        Lightning autocasts the whole ``training_step``, where most evaluations and every rollout happen; the one
+        before training does not), and ``train/rollout_mismatch_kl`` shows the bf16 trainer against it."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def eval_engine(self):
         """The rollout engine that decodes the greedy evaluation (`rlexp.rollout.engines`); None: the policy's
         own ``generate`` (modules with a ``rollout.engine`` override it: `rlexp.modules.engine`)."""
@@ -79,9 +86,9 @@ class RunRecorder:
         """Greedy evaluation of ``policy_model`` on the task's held-out prompts, logged at ``step``."""
         rank, ws = self.world
         examples = self.task.eval_examples[rank::ws]  # each worker its share; the sums are reduced
-        res = evaluate(self.policy_model, self.tokenizer, self.task, examples,
-                       max_new_tokens=self.max_new_tokens, num_samples=self.num_samples_logged if rank == 0 else 0,
-                       engine=self.eval_engine())
+        with self.sampling():
+            res = evaluate(self.policy_model, self.tokenizer, self.task, examples, max_new_tokens=self.max_new_tokens,
+                           num_samples=self.num_samples_logged if rank == 0 else 0, engine=self.eval_engine())
         metrics = {"eval/reward_mean": res.reward_mean, "eval/accuracy": res.accuracy,
                    "eval/response_length": res.response_length, "eval/reward_errors": float(res.reward_errors)}
         if ws > 1:  # reward_mean: over the scorable completions of all workers (NaN when none)
@@ -125,7 +132,7 @@ class RunRecorder:
         examples = task.eval_examples[:task.pass_prompts][rank::ws]
         r = getattr(self, "rollout_cfg", None)
         temperature, top_p = (float(r.temperature), float(r.top_p)) if r is not None else (1.0, 1.0)
-        with seeded(derive_seed(self.seed, step, PASS_AT_K, draw=rank), self.device):
+        with seeded(derive_seed(self.seed, step, PASS_AT_K, draw=rank), self.device), self.sampling():
             res = sample_correct(self.policy_model, self.tokenizer, task, examples, n=n,
                                  max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p)
         scored = len(examples) * n - res.reward_errors

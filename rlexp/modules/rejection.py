@@ -70,7 +70,7 @@ class RejectionSamplingModule(OfflineRunMixin, SFTModule):
         self.round += 1
         idx = self.pool.draw(a.num_prompts, iteration=self.round - 1)
         examples = [self.task.train_examples[i] for i in idx]
-        with seeded(derive_seed(self.seed, self.round, ROLLOUT), self.device):
+        with seeded(derive_seed(self.seed, self.round, ROLLOUT), self.device), self.sampling():
             batch = generate_rollout(self.model, self.tokenizer, self.task, examples, num_generations=k,
                                      max_new_tokens=self.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
         rows = self.accept(batch.scores)

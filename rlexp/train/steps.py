@@ -40,7 +40,7 @@ class Job:
 
 
 def prepare_process(cfg) -> None:
-    """Library log levels and warnings, and ``hardware.num_threads``."""
+    """Library log levels and warnings, ``hardware.num_threads``, and the start-up line (`say_machine`)."""
     import warnings
 
     import torch
@@ -56,6 +56,22 @@ def prepare_process(cfg) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.hardware.num_threads:
         torch.set_num_threads(cfg.hardware.num_threads)
+    say_machine(cfg.hardware, cfg.model.name, torch.cuda.is_available())
+
+
+def say_machine(hw, model_name: str, cuda: bool) -> None:
+    """The start-up line: accelerator, precision, threads and a CPU's bf16 instructions (`rlexp.config.precision`);
+    a warning for ``bf16-true``. Said once, by the first worker."""
+    import os
+
+    from rlexp.config.precision import bf16_true_warning, startup_line
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return
+    log.info(startup_line(hw, model_name, cuda))
+    warning = bf16_true_warning(hw)
+    if warning:
+        log.warning(warning)
 
 
 def warn_dead_knobs(cfg, overrides: list[str]) -> dict[str, str]:
@@ -298,5 +314,7 @@ def report(module, logger, *, warm_started: bool) -> None:
     log.info("eval/reward_mean %.3f (%s) -> %.3f (step %s)", first.get("eval/reward_mean", float("nan")), start,
              last.get("eval/reward_mean", float("nan")), last.get("step"))
     if logger is not None:
-        log.info("MLflow run %s in experiment %r at %s  (browse: mlflow ui --backend-store-uri %s)",
-                 logger.run_id, logger.experiment_name, logger.tracking_uri, logger.tracking_uri)
+        from rlexp.tracking.links import browse, run_page
+
+        log.info("MLflow run %s in experiment %r at %s; browse: %s", logger.run_id, logger.experiment_name,
+                 logger.tracking_uri, browse(logger.tracking_uri, run_page(logger.experiment_id, logger.run_id)))
