@@ -69,6 +69,16 @@ def test_text_outside_the_alphabet_is_refused_in_one_line_naming_the_characters(
     check_characters(tok, texts[:1])  # all known: nothing to say
 
 
+def test_a_sampled_special_token_in_a_text_is_not_an_unknown_character():
+    # a completion that sampled <pad> mid-way decodes to '1<pad>88' (DPO's generated pairs hold such text):
+    # the tokenizer encodes it back to the pad id, so it must not be refused
+    tok = build_char_tokenizer("0123456789+=")
+    assert tok("1<pad>88<eos>", add_special_tokens=False).input_ids == [3, 0, 10, 10, 1]
+    check_characters(tok, [("preference file line 3", "1<pad>88<eos>")])
+    with pytest.raises(UnknownCharacterError, match=r"'<', 'a', 'p'"):
+        check_characters(tok, [("preference file line 3", "1<pa88")])
+
+
 def test_tokenizers_with_an_unknown_token_are_not_checked():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -15,6 +15,7 @@ from rlexp.models.lora import apply_lora, enable_gradient_checkpointing, is_lora
 from rlexp.models.tiny import build_tiny_model
 from rlexp.models.tokenizer import (
     UnknownCharacterError, build_char_tokenizer, char_vocabulary, check_characters, unknown_characters,
+    without_special_tokens,
 )
 from rlexp.models.value import ValueModel
 
@@ -22,5 +23,5 @@ __all__ = [
     "ModelLoadError", "UnknownCharacterError", "ValueModel", "apply_lora", "build_char_tokenizer", "build_tiny_model",
     "char_vocabulary", "check_characters", "disable_dropout", "enable_gradient_checkpointing", "is_lora",
     "load_causal_lm", "load_tokenizer", "reference_forward", "response_logits", "response_logprobs", "response_values",
-    "sequence_inputs", "source_gguf_file", "unknown_characters", "without_quantization",
+    "sequence_inputs", "source_gguf_file", "unknown_characters", "without_quantization", "without_special_tokens",
 ]

@@ -72,11 +72,19 @@ def _chars(chars: Iterable[str], limit: int = 12) -> str:
     return shown + (f", … ({len(chars)} in all)" if len(chars) > limit else "")
 
 
+def without_special_tokens(tokenizer, text: str) -> str:
+    """``text`` less the tokenizer's special tokens (``<pad>``, ``<eos>``): the tokenizer matches those before it
+    splits characters, so a decoded completion that holds a sampled ``<pad>`` encodes back to it."""
+    for special in getattr(tokenizer, "all_special_tokens", ()):
+        text = text.replace(special, "")
+    return text
+
+
 def unknown_characters(tokenizer, text: str) -> set[str]:
     """The characters of ``text`` that ``tokenizer`` cannot encode (none for a tokenizer that is not a
     character tokenizer)."""
     vocab = char_vocabulary(tokenizer)
-    return set() if vocab is None else set(text) - vocab
+    return set() if vocab is None else set(without_special_tokens(tokenizer, text)) - vocab
 
 
 def check_characters(tokenizer, texts: Iterable[tuple[str, str]], *, source: str = "the policy",
@@ -91,7 +99,7 @@ def check_characters(tokenizer, texts: Iterable[tuple[str, str]], *, source: str
         return
     first, missing, n = None, set(), 0
     for where, text in texts:
-        bad = set(text) - vocab
+        bad = set(without_special_tokens(tokenizer, text)) - vocab
         if bad:
             n += 1
             missing |= bad

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlexp.models import char_vocabulary
+from rlexp.models import char_vocabulary, without_special_tokens
 from rlexp.config.paths import DatasetError  # the error of every data file rlexp reads (re-exported here)
 from rlexp.rollout import generate_rollout
 from rlexp.tasks.base import Example, Task
@@ -60,7 +60,7 @@ def _record_problem(obj, tokenizer, chars: frozenset[str] | None = None) -> str 
         return "field 'rejected' is identical to 'chosen' (the pair states no preference)"
     if tokenizer is not None:
         for name in FIELDS:
-            unknown = set(obj[name]) - chars if chars is not None else set()
+            unknown = set(without_special_tokens(tokenizer, obj[name])) - chars if chars is not None else set()
             if unknown:
                 return (f"field '{name}' has characters the policy's character tokenizer cannot encode: "
                         f"{', '.join(map(repr, sorted(unknown)))} in {obj[name][:40]!r} (model=tiny's alphabet holds "
