@@ -111,6 +111,19 @@ def test_the_reward_is_plug_replaceable():
     assert task.reward([e.prompt], [f"it is {e.target}"], targets=[e.target], finished=[True]) == [1.0]
 
 
+def test_the_library_score_is_a_weighted_reward_component():
+    from rlexp.tasks.combine import instantiate_task
+    from rlexp.train import compose
+    cfg = compose(["task=reasoning_gym", "task.size=10", "task.num_eval=5",
+                   "task.rewards=[{_target_:rlexp.tasks.reasoning_gym.score_answer,weight:2.0},"
+                   "{_target_:rlexp.tasks.rewards.format,weight:0.5}]"])
+    task = instantiate_task(cfg.task)
+    e = task.eval_examples[0]
+    rows = call_reward(task.reward, [e.prompt] * 2, [e.target, "no idea"], targets=[e.target] * 2,
+                       completion_ids=[[1, 2]] * 2, completion_tokens=[["a", "b"]] * 2, finished=[True] * 2)
+    assert rows == [[0.0, 2.0], [0.0, 0.0]]
+
+
 def _refusal(overrides, capsys):
     from rlexp.cli import main
     with pytest.raises(SystemExit) as e:
