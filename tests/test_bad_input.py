@@ -96,6 +96,8 @@ TABLE = [
      "task: task.dataset='chain_summ' is not a reasoning-gym generator: did you mean chain_sum"),
     ("a key the reasoning-gym generator's config does not have", ["task=reasoning_gym", "+task.config.max_term=3"], 2,
      "task: task.config.max_term: chain_sum's config (ChainSumConfig) has no such key; its keys: min_terms"),
+    ("running-sum chains with fewer terms at most than at least", ["task=running_sum", "task.max_terms=3"], 2,
+     "task: task.max_terms=3 must be >= task.min_terms=4"),
     ("a preference file with characters the tokenizer lacks", ["algorithm=dpo", "algorithm.data.path={tmp}/abc.jsonl"],
      1, "abc.jsonl:1: field 'chosen' has characters the policy's character tokenizer cannot encode: 'x'"),
     ("a seed numpy cannot take", ["seed=4294967296"], 2, "seed=4294967296 must be an integer in [0, 2^32 - 1]"),

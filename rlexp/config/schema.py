@@ -203,6 +203,15 @@ class ArithmeticChatTaskConfig(ArithmeticTaskConfig):
 
 
 @dataclass
+class RunningSumTaskConfig(_TaskCommon):
+    min_terms: int = spec(ge=2)
+    max_terms: int = spec(ge=2)
+    max_term: int = spec(ge=1)
+    num_eval: int = spec(ge=1)
+    split_seed: int = spec(ge=0)
+
+
+@dataclass
 class ReasoningGymTaskConfig(_TaskCommon):
     """``task=reasoning_gym``: the generator and its config are checked by the task (reasoning-gym's registry
     and config dataclasses, rlexp.tasks.reasoning_gym)."""
@@ -308,7 +317,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "task": {"rlexp.tasks.arithmetic.ArithmeticTask": ArithmeticTaskConfig,
              "rlexp.tasks.arithmetic_chat.ArithmeticChatTask": ArithmeticChatTaskConfig,
              "rlexp.tasks.dataset.DatasetTask": DatasetTaskConfig,
-             "rlexp.tasks.reasoning_gym.ReasoningGymTask": ReasoningGymTaskConfig},
+             "rlexp.tasks.reasoning_gym.ReasoningGymTask": ReasoningGymTaskConfig,
+             "rlexp.tasks.running_sum.RunningSumTask": RunningSumTaskConfig},
     "hardware": {"*": HardwareConfig},
     "tracking": {"*": TrackingConfig},
     "rollout": {"*": RolloutConfig},
