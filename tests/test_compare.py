@@ -199,8 +199,8 @@ def test_sorted_by_mean_best_first_and_best_row_highlighted(loaded):
     assert stats[0].group.label(differing_keys(loaded[2])) == "clip_eps=0.2 gamma=1.0 lam=0.95"
     table = rich_table(stats, differing_keys(loaded[2]), title="t")
     assert table.rows[0].style == "bold green" and table.rows[1].style is None
-    assert [c.header for c in table.columns] == ["#", "clip_eps", "gamma", "lam", "mean", "mean 95% CI", "IQM",
-                                                 "IQM 95% CI", "median", "n", "failed"]
+    assert [c.header for c in table.columns] == ["#", "clip_eps", "gamma", "lam", "mean [95% CI]", "IQM [95% CI]",
+                                                 "median", "n", "failed"]
 
 
 def test_by_key_groups_exactly_by_it_and_n1_has_no_ci(loaded):

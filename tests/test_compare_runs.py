@@ -102,8 +102,8 @@ def test_runs_compares_exactly_the_chosen_runs_across_experiments(store, capsys,
     assert f"3 chosen runs — {METRIC}" in out and "decoy" not in out
     first, pairs = out.split("└", 1)  # the configurations, then the pairs (P(improvement))
     # 0.6 and 0.8: mean = IQM = median = 0.7, and the bootstrap interval of 2 values is [min, max]
-    assert _columns(first) == ["12", "0.950", "tinysmall", "0.70000.3000", "[0.6000,0.8000]—", "0.70000.3000",
-                               "[0.6000,0.8000]—", "0.70000.3000", "21"]
+    assert _columns(first) == ["12", "0.950", "tinysmall", "0.7000[0.6000,0.8000]0.3000",
+                               "0.7000[0.6000,0.8000]0.3000", "0.70000.3000", "21"]
     assert _rows(pairs) == [["#1", "#2", "1.000", "—", "—", "—", "—"]]  # unpaired: lam=0 ran seed 0 only
     report = tmp_path / "rlexp-report" / f"runs-3-{ids['lam0_b'][:8]}" / "report.html"
     assert "3 runs in 2 configurations; configurations differ in: algorithm.lam, model.name" in report.read_text()
@@ -156,12 +156,12 @@ def test_a_wide_table_fits_80_columns_without_cutting_a_value(store, capsys, mon
     _check_80_columns(out, params, width)
     rows = _rows(out[:out.index("└")])  # the configurations' table (the pairs' table follows)
     if layout == "wrapped":  # one table, a row on several lines, cells broken between words only
-        assert all(len(r) == len(params[0]) + 7 for r in rows) and len(rows) > 2
+        assert all(len(r) == len(params[0]) + 5 for r in rows) and len(rows) > 2
         assert WRAP[0]["model.lora.target_modules"] not in out  # (it is wrapped)
     else:  # a block per configuration, best first: one row per key (its rank on the first)
         assert all(len(r) == 3 for r in rows)
         assert [r[0] for r in rows if r[0]] == ["#1", "#2"]
-        assert ["mean", "0.6000"] in [r[1:] for r in rows] and ["n", "1"] in [r[1:] for r in rows]
+        assert ["mean [95% CI]", "0.6000"] in [r[1:] for r in rows] and ["n", "1"] in [r[1:] for r in rows]
         assert ["model.name_or_path", params[-1]["model.name_or_path"]] in [r[1:] for r in rows]
 
 

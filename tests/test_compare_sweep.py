@@ -163,7 +163,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_the_report_shows_the_new_panels_in_chromium(sweep, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright is not installed (pip install -e '.[dev]')")
     out = tmp_path / "report"
     assert compare_main(["--tracking-uri", sweep["uri"], "--sweep", sweep["sweep_id"], "--out", str(out)]) == 0
     with playwright.sync_playwright() as p:
@@ -173,7 +174,7 @@ def test_the_report_shows_the_new_panels_in_chromium(sweep, tmp_path):
         widths = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.naturalWidth])")
         assert dict(widths).get("performance_profiles.png", 0) > 0 and all(w > 0 for _, w in widths)
         body = page.inner_text("body")
-        for text in ("IQM 95% CI", "Probability of improvement", "a − b (paired)", "pass@2", "undetermined ("):
+        for text in ("IQM [95% CI]", "Probability of improvement", "a − b (paired)", "pass@2", "undetermined ("):
             assert text in body, text
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()

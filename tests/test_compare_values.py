@@ -82,8 +82,8 @@ def test_cli_table_and_heatmap_show_each_value_once(store, capsys, monkeypatch):
     ci = stats.aggregate([0.5, 0.6, 0.7, 0.8])
     assert ci["mean_ci"][0] < 0.65 < ci["mean_ci"][1]
     assert [c.strip() for c in rows[0].split("│")[1:-1]] == [
-        "1", "0.9", "1", "True", "arith", "0.6500", f"[{ci['mean_ci'][0]:.4f}, {ci['mean_ci'][1]:.4f}]", "0.6500",
-        f"[{ci['iqm_ci'][0]:.4f}, {ci['iqm_ci'][1]:.4f}]", "0.6500", "4"]
+        "1", "0.9", "1", "True", "arith", f"0.6500 [{ci['mean_ci'][0]:.4f}, {ci['mean_ci'][1]:.4f}]",
+        f"0.6500 [{ci['iqm_ci'][0]:.4f}, {ci['iqm_ci'][1]:.4f}]", "0.6500", "4"]
     runs, _ = load_runs(store, experiment="values")
     fig, _ = plots.gamma_lambda_heatmap(unify_values(runs), METRIC, [])
     ax = fig.axes[0]

@@ -52,13 +52,14 @@ def sigmoid_curve(compute, A: float, B: float, C_mid: float, r0: float):
     return np.where(pos, r0 + (A - r0) * expit(B * (logc - math.log(C_mid))), r0)
 
 
-def fit_sigmoid(compute, reward, r0: float) -> dict:
+def fit_sigmoid(compute, reward, r0: float, *, start: dict | None = None) -> dict:
     """Fit A, B, C_mid of the ScaleRL curve with R0 = ``r0`` fixed; points with compute ≤ 0 are ignored.
 
     Returns ``dict(A, B, C_mid, A_err, B_err, C_mid_err, r0, n, rmse, at_bound)`` (an error is ``inf``
     when the data do not determine that parameter; ``at_bound`` names the parameters at a bound of the
-    search box, e.g. ``["B"]``). Raises ``FitError`` with fewer than 3 usable points,
-    or when the reward never moves away from ``r0``.
+    search box, e.g. ``["B"]``). ``start``: a fit (``A``, ``B``, ``C_mid``) to start from alone (one seed
+    started at its configuration's pooled fit), the grid of starts only if that fails. Raises ``FitError``
+    with fewer than 3 usable points, or when the reward never moves away from ``r0``.
     """
     import numpy as np
     from scipy.optimize import curve_fit
@@ -93,16 +94,25 @@ def fit_sigmoid(compute, reward, r0: float) -> dict:
     ext = y.max() if late >= r0 else y.min()
     a_starts = [ext, ext + 0.25 * (ext - r0)]
     m_starts = [float(np.quantile(logc, q)) for q in (0.25, 0.5, 0.75)]
-    best = None
-    for a0, b0, m0 in itertools.product(a_starts, (0.5, 1.0, 3.0), m_starts):
-        p0 = [min(max(a0, lower[0] + 1e-9), upper[0] - 1e-9), b0, m0]
-        try:
-            popt, pcov = curve_fit(model, logc, y, p0=p0, bounds=(lower, upper), maxfev=20000)
-        except (RuntimeError, ValueError):
-            continue
-        sse = float(np.sum((model(logc, *popt) - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, popt, pcov)
+
+    def best_of(starts):
+        best = None
+        for a0, b0, m0 in starts:
+            p0 = [min(max(a0, lower[0] + 1e-9), upper[0] - 1e-9), min(max(b0, lower[1] * 1.001), upper[1] * 0.999),
+                  min(max(m0, lower[2] + 1e-9), upper[2] - 1e-9)]
+            try:
+                popt, pcov = curve_fit(model, logc, y, p0=p0, bounds=(lower, upper), maxfev=20000)
+            except (RuntimeError, ValueError):
+                continue
+            sse = float(np.sum((model(logc, *popt) - y) ** 2))
+            if best is None or sse < best[0]:
+                best = (sse, popt, pcov)
+        return best
+
+    grid = list(itertools.product(a_starts, (0.5, 1.0, 3.0), m_starts))
+    best = None if start is None else best_of([(start["A"], start["B"], math.log(start["C_mid"]))])
+    if best is None:
+        best = best_of(grid)
     if best is None:
         raise FitError(f"curve_fit did not converge from any initial guess ({c.size} points)")
     sse, (A, B, m), pcov = best
@@ -186,7 +196,7 @@ def fit_runs(runs: list[RunRecord], *, per_seed: bool = False) -> dict:
         fits = []
         for run in runs:
             try:
-                one = fit_sigmoid(*fit_points([run]))
+                one = fit_sigmoid(*fit_points([run]), start=fit)
             except FitError:
                 continue
             one["determined"] = judge(one, evaluations_past([run], one["C_mid"]))[0]

@@ -109,8 +109,9 @@ def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path
     fig = plots.sigmoid_fits(groups, differing, c.fits, c.points)
     if fig:
         body.append(_save_png(fig, out, "sigmoid_fit.png"))
-    body.append(html_rows(*fit_rows(c, names=True), title="ScaleRL sigmoid fit per configuration (errors: "
-                                                          "√diag(cov); an undetermined fit's numbers are not shown)"))
+    body.append(html_rows(*fit_rows(c, names=True), text_last=True,
+                          title="ScaleRL sigmoid fit per configuration (errors: √diag(cov); an undetermined fit's "
+                                "numbers are not shown)"))
 
     fig = plots.lambda_diagnostics(runs, differing)
     if fig:

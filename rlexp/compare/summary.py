@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from rlexp.compare import stats as st
-from rlexp.compare.aggregate import ConfigStats, Group, canonical, metric_value, short_key, summarize
+from rlexp.compare.aggregate import ConfigStats, Group, canonical, metric_value, short_key, sort_value, summarize
 from rlexp.compare.fit import FitError, fit_points, fit_runs
 from rlexp.compare.runs import CompareError, RunRecord
 
@@ -94,7 +94,7 @@ def _paired(a: ConfigStats, b: ConfigStats) -> tuple[list[float], list[float], l
         return None
     if set(a.seeds) != set(b.seeds):
         return None
-    order = sorted(a.seeds, key=lambda s: (canonical(s) or ("", ""), s))
+    order = sorted(a.seeds, key=sort_value)  # seeds as numbers: 2 before 10
     xa, xb = dict(zip(a.seeds, a.values)), dict(zip(b.seeds, b.values))
     return [xa[s] for s in order], [xb[s] for s in order], order
 

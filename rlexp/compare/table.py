@@ -2,8 +2,8 @@
 a plain-text note on failed (or unfinished) runs.
 
 Rows come from ``aggregate.summarize`` (best mean first); the columns are the rank (#), the differing
-keys, then the mean, its bootstrap 95% interval, the IQM and its interval, the median, n and — when any
-run failed — the failed count. The best row is bold green. ``pair_rows``, ``pass_at_k_rows`` and
+keys, then the mean with its bootstrap 95% interval, the IQM with its interval, the median, n and — when
+any run failed — the failed count. The best row is bold green. ``pair_rows``, ``pass_at_k_rows`` and
 ``fit_rows`` give the other tables of a ``summary.Comparison`` (pairs name configurations by rank in the
 terminal, by name in the report). In a terminal too narrow for one line per row (``terminal_table``), cells wrap between
 words; when even that does not fit, each configuration becomes a block of one row per key. No value
@@ -28,7 +28,12 @@ def _ci(ci, digits: int = 4) -> str:
     return NO_VALUE if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-STAT_COLUMNS = ["mean", "mean 95% CI", "IQM", "IQM 95% CI", "median", "n"]
+STAT_COLUMNS = ["mean [95% CI]", "IQM [95% CI]", "median", "n"]
+
+
+def _with_ci(x: float | None, ci) -> str:
+    """``0.4063 [0.3750, 0.4375]`` (the value alone when there is no interval)."""
+    return _fmt(x) if ci is None else f"{_fmt(x)} {_ci(ci)}"
 
 
 def table_rows(stats: list[ConfigStats], columns: list[str], *,
@@ -42,7 +47,7 @@ def table_rows(stats: list[ConfigStats], columns: list[str], *,
     for i, s in enumerate(stats):
         vals = s.group.values
         row = ([str(i + 1)] if rank else []) + [NO_VALUE if vals.get(k) is None else str(vals[k]) for k in columns]
-        row += [_fmt(s.mean), _ci(s.mean_ci), _fmt(s.iqm), _ci(s.iqm_ci), _fmt(s.median), str(s.n)]
+        row += [_with_ci(s.mean, s.mean_ci), _with_ci(s.iqm, s.iqm_ci), _fmt(s.median), str(s.n)]
         rows.append(row + ([str(s.n_failed)] if with_failed else []))
     return header, rows
 
@@ -253,12 +258,15 @@ def simple_table(header: list[str], rows: list[list[str]], *, title: str):
     return table
 
 
-def html_rows(header: list[str], rows: list[list[str]], *, title: str, key_columns: int = 1) -> str:
-    """An HTML ``<table>`` of string cells; the first ``key_columns`` left-aligned, the rest numbers."""
+def html_rows(header: list[str], rows: list[list[str]], *, title: str, key_columns: int = 1,
+              text_last: bool = False) -> str:
+    """An HTML ``<table>`` of string cells; the first ``key_columns`` (and with ``text_last`` the last)
+    left-aligned as text, the others right-aligned as numbers."""
     out = ['<table class="cmp">', f"<caption>{html.escape(title)}</caption>", "<tr>"]
     out += [f"<th>{html.escape(h)}</th>" for h in header] + ["</tr>"]
     for row in rows:
-        out.append("<tr>" + "".join(f'<td class="{"key" if j < key_columns else "num"}">{html.escape(x)}</td>'
+        text = [j < key_columns or (text_last and j == len(row) - 1) for j in range(len(row))]
+        out.append("<tr>" + "".join(f'<td class="{"key" if text[j] else "num"}">{html.escape(x)}</td>'
                                     for j, x in enumerate(row)) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
