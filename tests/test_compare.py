@@ -309,6 +309,8 @@ def test_cli_writes_report_with_embedded_images_and_logs_it(store, cli_report):
     assert '<tr class="best"><td class="num">1</td><td class="key">0.2</td><td class="key">1.0</td>' \
            '<td class="key">0.95</td>' in html
     assert "1 run failed: " + ERROR in html and "fit failed" not in html
+    text = (out / "comparison.txt").read_text()  # the terminal's tables, as logged on the parent run
+    assert "1 run failed: " + ERROR in text and "P(a > b)" in text and "determined" in text
     from mlflow import MlflowClient
 
     logged = {a.path for a in MlflowClient(store["uri"]).list_artifacts(store["parent"], "report")}

@@ -113,7 +113,7 @@ def print_tables(console, c, title: str) -> None:
     console.print(terminal_table(c.stats, c.differing, title=title, width=console.width))
     note = failure_summary(c.stats)
     if note:
-        print(note, file=console.file)
+        console.print(Text(note), soft_wrap=True)  # one line, as print would (and recorded for comparison.txt)
     for line in notes(c):
         console.print(Text(line))
     if c.pairs:
