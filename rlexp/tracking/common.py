@@ -6,6 +6,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from rlexp.tracking.links import EXPERIMENT_TAGS
+
 #: environment variables through which a multirun's parent run reaches its jobs (set by
 #: rlexp.tracking.sweep.SweepCallback; inherited by joblib/submitit workers)
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_ID", "RLEXP_SWEEP_NAME"
@@ -13,12 +15,14 @@ ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME = "RLEXP_PARENT_RUN_ID", "RLEXP_SWEEP_I
 
 def experiment_id(client, name) -> str:
     """The id of experiment ``name``, created if missing (``str()``: names like ``2024`` or ``nan``
-    reach us from Hydra as numbers). Another process creating it at the same moment is not an error."""
+    reach us from Hydra as numbers), with the tags that make MLflow's UI open it on its training runs
+    (`rlexp.tracking.links.EXPERIMENT_TAGS`); an experiment that exists keeps its own tags. Another
+    process creating it at the same moment is not an error."""
     exp = client.get_experiment_by_name(str(name))
     if exp:
         return exp.experiment_id
     try:
-        return client.create_experiment(str(name))
+        return client.create_experiment(str(name), tags=EXPERIMENT_TAGS)
     except Exception:  # noqa: BLE001 - created meanwhile by another run (a server store): use it
         exp = client.get_experiment_by_name(str(name))
         if exp is None:

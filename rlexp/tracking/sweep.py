@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlexp.tracking.common import (
     ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_NAME, experiment_id, log_params, open_store, resolve_tracking_uri,
 )
+from rlexp.tracking.links import RANK_METRIC, browse, run_page, sweep_note, sweep_page, write_note
 
 log = logging.getLogger("rlexp.sweep")
 
@@ -242,6 +243,7 @@ class SweepCallback(Callback):
         self.client = None
         self.parent_id: str | None = None
         self.sweep_id: str | None = None
+        self.experiment_id: str | None = None
         self.command = ""
         self.terminated = False
         self._previous_sigterm = None
@@ -266,10 +268,12 @@ class SweepCallback(Callback):
                     "mlflow.runName": f"sweep {self.sweep_id}",
                     "rlexp.launcher": str(OmegaConf.select(config, "hydra.launcher._target_") or ""),
                     "rlexp.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_") or "")}
-            run = self.client.create_run(experiment_id(self.client, t.experiment), tags=tags)
+            self.experiment_id = experiment_id(self.client, t.experiment)
+            run = self.client.create_run(self.experiment_id, tags=tags)
             self.parent_id = run.info.run_id
             params = {f"sweep.{k}": v[:6000] for k, v in sweep_definition(config).items()}
             log_params(self.client, self.parent_id, {**params, "sweep.name": name})
+            self._describe(name, report=False)
         self.t0 = time.perf_counter()
         self.command = resume_command(config, self.sweep_id)
         self.client.set_tag(self.parent_id, "rlexp.resume_command", self.command[:5000])
@@ -309,6 +313,7 @@ class SweepCallback(Callback):
         if parent.info.status == "RUNNING" and host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
             self._refuse(f"--resume {self.resume}: the sweep is still running (process {pid} on this machine)")
         self.parent_id, self.sweep_id = parent.info.run_id, parent.data.tags["rlexp.sweep_id"]
+        self.experiment_id = parent.info.experiment_id
         stale = [r for r in _job_runs(self.client, parent) if r.info.status == "RUNNING"]
         for r in stale:  # their launcher was killed (SIGKILL): they will never end by themselves
             self.client.set_tag(r.info.run_id, "rlexp.error", "its sweep's launcher was killed while it ran")
@@ -375,9 +380,21 @@ class SweepCallback(Callback):
                               "--experiment", str(config.tracking.experiment)])
             except Exception as e:  # noqa: BLE001 - a report failure must not fail the sweep
                 log.error("sweep %s: the comparison report could not be written: %s", self.sweep_id, e)
+        reported = any(a.path == "report/report.html" for a in self.client.list_artifacts(self.parent_id, "report"))
+        self._describe(str(OmegaConf.select(config, "sweep.name") or "multirun"), report=reported,
+                       jobs=len(runs), failed=len(failed))
         self.client.set_terminated(self.parent_id, status)
         log.info("compare it again with: rlexp compare --sweep %s", self.sweep_id)
+        log.info("sweep %s, its runs (best %s first): %s", self.sweep_id, RANK_METRIC,
+                 browse(self.uri, sweep_page(self.experiment_id, self.sweep_id)))
+        log.info("sweep %s, its parent run%s: %s", self.sweep_id, " and the report" if reported else "",
+                 browse(self.uri, run_page(self.experiment_id, self.parent_id)))
         self._clear()
+
+    def _describe(self, name: str, **counts) -> None:
+        """The parent run's description: `links.sweep_note` (the report, the sweep's runs)."""
+        write_note(self.client, self.parent_id, sweep_note(
+            experiment_id=self.experiment_id, parent_id=self.parent_id, sweep_id=self.sweep_id, name=name, **counts))
 
 
 def _alive(pid: int) -> bool:

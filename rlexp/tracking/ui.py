@@ -3,7 +3,8 @@
 It runs ``mlflow server`` with one worker and background job execution off (ready in ~11 s here,
 against ~50 s for a default ``mlflow ui``), on the same tracking URI resolution as ``rlexp train``.
 A port already in use is refused in one line (exit status 2) before the server starts; SIGINT,
-SIGTERM and SIGHUP stop the server's whole process group (exit status 0).
+SIGTERM and SIGHUP stop the server's whole process group (exit status 0). Once the server answers, it
+prints the URL of each experiment's training runs and of its latest sweep's runs (`announce`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from rlexp.tracking.common import MissingStore, resolve_tracking_uri
@@ -91,6 +94,58 @@ def stop_group(pgid: int, timeout: float = STOP_TIMEOUT_S) -> None:
             return
 
 
+#: at most this many experiments get their own line when `rlexp ui` starts
+SHOWN_EXPERIMENTS = 5
+
+
+def experiment_lines(base: str) -> list[str]:
+    """What `rlexp ui` prints once its server at ``base`` answers: for each experiment holding runs (the
+    most recently run first, at most `SHOWN_EXPERIMENTS`), the URL of its training-runs page and of its
+    latest sweep's runs (`rlexp.tracking.links`: MLflow 3 would otherwise open it on its GenAI overview).
+    Read through the server itself, so this process never opens (or migrates) the store beside it."""
+    from mlflow.tracking import MlflowClient
+
+    from rlexp.tracking.links import experiments_page, runs_page, sweep_page, ui_url
+
+    client, found = MlflowClient(base), []
+    for exp in client.search_experiments(max_results=50, order_by=["last_update_time DESC"]):
+        newest = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"])
+        if newest:
+            found.append((newest[0].info.start_time or 0, exp))
+    found.sort(key=lambda f: f[0], reverse=True)
+    lines = []
+    for _, exp in found[:SHOWN_EXPERIMENTS]:
+        lines.append(f"  experiment {exp.name!r}, its runs: {ui_url(base, runs_page(exp.experiment_id))}")
+        sweep = client.search_runs([exp.experiment_id], filter_string="tags.`rlexp.role` = 'sweep'", max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        if sweep and sweep[0].data.tags.get("rlexp.sweep_id"):
+            sweep_id = sweep[0].data.tags["rlexp.sweep_id"]
+            lines.append(f"    its latest sweep, {sweep_id}: {ui_url(base, sweep_page(exp.experiment_id, sweep_id))}")
+    if len(found) > SHOWN_EXPERIMENTS:
+        lines.append(f"  ({len(found) - SHOWN_EXPERIMENTS} more experiments: {ui_url(base, experiments_page())})")
+    return lines
+
+
+def announce(base: str, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+    """Once the server answers at ``base`` (checked every 0.5 s while it runs), print `experiment_lines`."""
+    deadline, opener = time.monotonic() + timeout, urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with opener.open(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    else:
+        return
+    try:
+        lines = experiment_lines(base)
+    except Exception as e:  # noqa: BLE001 - the UI itself works; say why the list is missing
+        lines = [f"  (its experiments could not be listed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]})"]
+    print("\n".join(lines or ["  (no runs in this store yet)"]), flush=True)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="rlexp ui", description="Open the MLflow UI on rlexp's runs.")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
@@ -131,8 +186,10 @@ def main(argv: list[str]) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        print(f"MLflow UI on {uri}: http://{args.host}:{port}  (Ctrl-C to stop)", flush=True)
+        base = f"http://[{args.host}]:{port}" if ":" in args.host else f"http://{args.host}:{port}"
+        print(f"MLflow UI on {uri}: {base}  (Ctrl-C to stop)", flush=True)
         proc = subprocess.Popen(server_command(uri, args.host, port), env=server_env(), start_new_session=True)
+        threading.Thread(target=announce, args=(base, proc), daemon=True).start()
         if received:  # a signal came while the server was starting
             terminate()
         rc = proc.wait()
