@@ -413,7 +413,9 @@ def test_fits_the_data_do_not_determine_are_flagged(loaded, tmp_path):
     for g in loaded[2]:  # 40 iterations past C_mid at ~9 iterations: determined, with the spread over seeds
         fit = fit_runs(g.finished, per_seed=True)
         assert fit["determined"] and fit["reason"] is None and fit["past_bend"] >= MIN_PAST_BEND
-        assert len(fit["per_seed"]["A"]) == 2 and fit["per_seed"]["A_sd"] < 0.05
+        seeds = fit["per_seed"]
+        assert len(seeds["A"]) == 2 and seeds["determined"] == [True, True] and seeds["A_sd"] < 0.05
+        assert seeds["A_sd"] == pytest.approx(abs(seeds["A"][0] - seeds["A"][1]) / math.sqrt(2))
     short = []  # the same runs cut to 15 iterations (3 evaluations): the curve has barely bent over
     for r in loaded[0]:
         hist = {k: [(s, v) for s, v in h if s <= 15] for k, h in r.histories.items()}

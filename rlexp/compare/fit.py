@@ -185,9 +185,10 @@ def evaluations_past(runs: list[RunRecord], c_mid: float) -> int:
 
 def fit_runs(runs: list[RunRecord], *, per_seed: bool = False) -> dict:
     """The sigmoid fitted to the pooled evaluations of ``runs`` (one configuration's seeds), with
-    ``past_bend``, ``determined`` and ``reason`` (``judge``). ``per_seed``: also each run fitted alone,
-    ``per_seed = {"A": [...], "B": [...], "A_sd", "B_sd", "determined": k}`` over the runs whose fit did
-    not fail (sd with ddof 1; None under 2 fits)."""
+    ``past_bend``, ``determined`` and ``reason`` (``judge``). ``per_seed``: also each run fitted alone
+    (started from the pooled fit), ``per_seed = {"A": [...], "B": [...], "determined": [...], "runs": n,
+    "A_sd", "B_sd"}`` over the runs whose fit did not fail; the sds (ddof 1) over the determined ones only
+    (None under 2): a seed whose own fit ran to a bound says nothing about the spread."""
     compute, reward, r0 = fit_points(runs)
     fit = fit_sigmoid(compute, reward, r0)
     fit["past_bend"] = evaluations_past(runs, fit["C_mid"])
@@ -201,9 +202,10 @@ def fit_runs(runs: list[RunRecord], *, per_seed: bool = False) -> dict:
                 continue
             one["determined"] = judge(one, evaluations_past([run], one["C_mid"]))[0]
             fits.append(one)
+        good = [f for f in fits if f["determined"]]
         fit["per_seed"] = {"A": [f["A"] for f in fits], "B": [f["B"] for f in fits],
-                           "A_sd": _sd([f["A"] for f in fits]), "B_sd": _sd([f["B"] for f in fits]),
-                           "determined": sum(f["determined"] for f in fits)}
+                           "determined": [f["determined"] for f in fits], "runs": len(runs),
+                           "A_sd": _sd([f["A"] for f in good]), "B_sd": _sd([f["B"] for f in good])}
     return fit
 
 

@@ -239,8 +239,9 @@ def fit_rows(c, *, names: bool) -> tuple[list[str], list[list[str]]]:
         nums = [_pm(fit["A"], fit["A_err"], ".4f"), _pm(fit["B"], fit["B_err"], ".3f"),
                 _pm(fit["C_mid"], fit["C_mid_err"], ".4g")] if fit["determined"] else [NO_VALUE] * 3
         seeds = fit.get("per_seed")
-        spread = NO_VALUE if not seeds or seeds["A_sd"] is None else \
-            f"{seeds['A_sd']:.4f}, {seeds['B_sd']:.3f} ({len(seeds['A'])} runs)"
+        spread = NO_VALUE if not seeds else \
+            (NO_VALUE if seeds["A_sd"] is None else f"{seeds['A_sd']:.4f}, {seeds['B_sd']:.3f} ") + \
+            f"({sum(seeds['determined'])} of {seeds['runs']} runs determined)"
         rows.append([who, f"{fit['r0']:.4f}", *nums, str(fit["n"]), str(fit["past_bend"]), spread, fit_status(fit)])
     return header, rows
 
