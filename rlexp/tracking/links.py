@@ -1,20 +1,22 @@
 """Where the MLflow UI shows rlexp's runs: the experiment kind rlexp sets, and the URLs it prints.
 
 MLflow 3's UI opens an experiment on a GenAI page (traces, latency, token usage) unless it knows the
-experiment holds model training. What decides it depends on the MLflow version (checked in Chromium):
+experiment holds model training. What decides it depends on the MLflow version (each checked in
+Chromium, opening ``#/experiments/<id>`` in a fresh browser profile):
 
-- MLflow 3.0 to 3.8 read the experiment tag ``mlflow.experimentKind``. ``custom_model_development``
-  opens the runs table; without the tag, the UI guesses from what the experiment holds, asks for
-  confirmation, and an experiment without runs yet gets a "Choose experiment type" dialog.
-- MLflow 3.9+ (3.17 here) ignores that tag. It has one global "GenAI / Model training" switch
-  (``genai`` by default, remembered per browser) that the URL query parameter
-  ``workflowType=machine_learning`` sets. Without it, ``#/experiments/<id>`` opens the GenAI overview
-  and ``#/experiments/<id>/runs`` shows the runs under the GenAI side menu.
+- 3.0 to 3.9 (3.5.1, 3.8.1, 3.9.0) read the experiment tag ``mlflow.experimentKind``:
+  ``custom_model_development`` opens the runs table. Without the tag the UI guesses from what the
+  experiment holds and asks to confirm; an experiment without runs yet gets "Choose experiment type".
+- 3.10 and later (3.10.1, 3.11.1, 3.14.0, 3.15.0, 3.16.1, 3.17.2) ignore that tag: one global "GenAI /
+  Model training" switch decides (``genai`` by default, remembered per browser once flipped), and the
+  bare experiment URL opens the GenAI overview. From 3.15 the URL query parameter
+  ``workflowType=machine_learning`` sets the switch; 3.10 to 3.14 ignore it, but still show the runs
+  table ("Training runs", under the GenAI side menu) at ``#/experiments/<id>/runs``.
 
 So rlexp tags the experiments it creates (`EXPERIMENT_TAGS`, never an experiment that exists: a user's
-own tag stays), and every URL it prints or writes into a run's description carries
-``workflowType=machine_learning``. MLflow 2.x and 3.0-3.8 ignore that parameter. No server option
-chooses the page.
+own tag stays), and every URL it prints or writes into a run's description goes straight to a runs
+page (``.../runs``, a run's page) and carries ``workflowType=machine_learning`` (older versions ignore
+it). No server option chooses the page.
 
 URLs are built as fragments (``#/experiments/1/runs?...``): relative links in a run's description work
 on whichever host serves the UI; `ui_url` joins one to a base URL for printing.
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-#: the experiment tag MLflow 3.0-3.8 read to choose an experiment's first page, and rlexp's value for it
+#: the experiment tag MLflow 3.0-3.9 read to choose an experiment's first page, and rlexp's value for it
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 #: the tags rlexp gives the experiments it creates
 EXPERIMENT_TAGS = {KIND_TAG: KIND}
-#: the query parameter that puts MLflow 3.9+'s UI in its "Model training" mode
+#: the query parameter that puts MLflow 3.15+'s UI in its "Model training" mode
 WORKFLOW = "workflowType=machine_learning"
 #: where `rlexp ui` serves by default
 DEFAULT_UI = "http://127.0.0.1:5000"
