@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,6 +159,19 @@ def test_train_two_iterations_end_to_end(mlflow_uri, in_tmp):
     sparse, step = runs["running_sum"], runs["running_sum_step"]
     assert sparse["eval/reward_mean"] == sparse["eval/accuracy"]
     assert all(r > a for r, a in zip(step["eval/reward_mean"], step["eval/accuracy"])), step
+    # benchmarks/lambda_diagnostics.py (docs/sweeps.md's λ table) averages each diagnostic over a run's iterations
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from lambda_diagnostics import run_rows, table
+
+    rows = run_rows(client, ["running_sum", "running_sum_step"])
+    assert sorted(r["reward"] for r in rows) == ["step_credit", "terminal"]
+    run = client.search_runs([client.get_experiment_by_name("running_sum_step").experiment_id])[0]
+    mse = [h.value for h in client.get_metric_history(run.info.run_id, "train/adv_mse_vs_mc")]
+    row = next(r for r in rows if r["reward"] == "step_credit")
+    assert len(mse) == 2 and row["train/adv_mse_vs_mc"] == pytest.approx(sum(mse) / 2)
+    assert row["eval_end"] == step["eval/reward_mean"][-1] and (row["gamma"], row["lam"]) == (1.0, 0.95)
+    lines = table(rows).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| running_sum (step_credit) | 1 | 0.95 | 1 |")
 
 
 @pytest.mark.slow
