@@ -45,17 +45,23 @@ def _as_float(v: str | None) -> float | None:
         return None
 
 
+def _values_per_step(runs: list[RunRecord], metric: str) -> dict[int, list[float]]:
+    """step -> the finite values of ``metric`` the runs logged at that step."""
+    per_step: dict[int, list[float]] = {}
+    for run in runs:
+        for step, v in run.history(metric):
+            if math.isfinite(v):
+                per_step.setdefault(step, []).append(v)
+    return per_step
+
+
 def bootstrap_band(runs: list[RunRecord], metric: str, *, reps: int = 2000):
     """``(steps, mean, low, high)`` of ``metric`` over runs at every step any of them logged; the band is
     the percentile bootstrap 95% interval of the mean over the runs at that step (``stats.bootstrap_ci``,
     seeded; the mean itself where a step has one value). Empty lists when no run logged it."""
     from rlexp.compare import stats
 
-    per_step: dict[int, list[float]] = {}
-    for run in runs:
-        for step, v in run.history(metric):
-            if math.isfinite(v):
-                per_step.setdefault(step, []).append(v)
+    per_step = _values_per_step(runs, metric)
     steps = sorted(per_step)
     means = [sum(per_step[s]) / len(per_step[s]) for s in steps]
     cis = [stats.bootstrap_ci(per_step[s], reps=reps) or (m, m) for s, m in zip(steps, means)]
@@ -65,11 +71,7 @@ def bootstrap_band(runs: list[RunRecord], metric: str, *, reps: int = 2000):
 def mean_band(runs: list[RunRecord], metric: str):
     """``(steps, mean, low, high)`` of ``metric`` over runs at every step any of them logged;
     the band is the min–max over the runs at that step. Empty lists when no run logged it."""
-    per_step: dict[int, list[float]] = {}
-    for run in runs:
-        for step, v in run.history(metric):
-            if math.isfinite(v):
-                per_step.setdefault(step, []).append(v)
+    per_step = _values_per_step(runs, metric)
     steps = sorted(per_step)
     vals = [per_step[s] for s in steps]
     return steps, [sum(v) / len(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
