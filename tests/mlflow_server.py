@@ -3,13 +3,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from rlexp.tracking.ui import free_port, server_command, server_env
+
+#: Debian's Chromium, driven headless by the browser tests (playwright)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, *, what: str = "rlexp ui", output=lambda: "",
+                    timeout: float = 120) -> None:
+    """Return once ``url/health`` answers 200; fail the test when ``proc`` exits first (with ``output()``, what it
+    printed) or after ``timeout`` seconds (killing it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited: {output()}")
+    proc.kill()
+    pytest.fail(f"{what} did not answer within {timeout:.0f} s")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import rewards_for_tests
 from fast_overrides import FAST
+from mlflow_server import CHROMIUM
 from rlexp.cli import main
 from rlexp.compare import main as compare_main
 from rlexp.compare import stats
@@ -157,7 +157,6 @@ def test_same_seed_same_prompts_in_the_same_order(tmp_path, monkeypatch):
     assert len({tuple(p) for p in a}) == STEPS  # and each iteration its own
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.mark.slow

@@ -6,26 +6,23 @@ Skipped, with the reason, only where the browser or Playwright is absent (`.ci/r
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fast_overrides import FAST
+from mlflow_server import CHROMIUM, CHROMIUM_FLAGS, wait_for_health
 from rlexp.cli import main
 from rlexp.tracking.ui import free_port
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                                      reason="Debian's chromium is not installed (apt-get install chromium)")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = CHROMIUM_FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +50,7 @@ def ui_server(sweep_store):
     proc = subprocess.Popen([sys.executable, "-m", "rlexp", "ui", "--tracking-uri", sweep_store["uri"],
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"rlexp ui exited: {proc.stdout.read()}")
-    else:
-        proc.kill()
-        pytest.fail("rlexp ui did not answer within 120 s")
+    wait_for_health(url, proc, output=proc.stdout.read)
     yield url
     proc.terminate()  # `rlexp ui` stops its server's whole process group
     proc.wait(timeout=30)

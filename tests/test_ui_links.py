@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,15 +24,14 @@ from mlflow.tracking import MlflowClient
 from packaging.version import Version
 
 from fast_overrides import FAST
+from mlflow_server import CHROMIUM, CHROMIUM_FLAGS, wait_for_health
 from rlexp.cli import main
 from rlexp.tracking.common import experiment_id, open_store
 from rlexp.tracking.links import (DEFAULT_UI, KIND, KIND_TAG, NOTE_TAG, run_page, sweep_note, sweep_page,
                                   write_note)
 from rlexp.tracking.ui import free_port
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = CHROMIUM_FLAGS
 #: text only MLflow 3's GenAI overview shows (its charts), and its GenAI side menu (which MLflow 3.10-3.14
 #: show beside the runs table too: they ignore ``workflowType`` in the URL, 3.15 and later read it)
 GENAI_OVERVIEW, GENAI_MENU = ("Latency", "Token Usage"), ("Sessions", "Observability")
@@ -129,18 +127,7 @@ def ui(sweep):
     base = f"http://127.0.0.1:{port}"
     printed: list[str] = []
     threading.Thread(target=lambda: printed.extend(line.rstrip() for line in proc.stdout), daemon=True).start()
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"rlexp ui exited; it printed {printed}")
-    else:
-        proc.kill()
-        pytest.fail("rlexp ui did not answer within 120 s")
+    wait_for_health(base, proc, output=lambda: f"it printed {printed}")
     deadline = time.time() + 60  # the experiments are listed once the server answers
     while not any("its latest sweep" in p for p in printed) and time.time() < deadline:
         time.sleep(0.2)
