@@ -1,6 +1,6 @@
 """Generation seconds of one rollout batch: the HF engine (the policy's ``generate``) against the vLLM engine.
 
-    /work/vllm-venv/bin/python benchmarks/engines.py [--model tiny|smollm2] [--repeats 5] [--threads 1] [overrides...]
+    .venv-vllm/bin/python benchmarks/engines.py [--model tiny|smollm2] [--repeats 5] [--threads 1] [overrides...]
 
 Needs the vllm extra (docs/engines.md). One process builds the run's online module (``rollout.engine=vllm``,
 tracking off; the tiny model's warm start from the cache) and then times ``generate_rollout`` on the same
