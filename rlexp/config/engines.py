@@ -3,7 +3,8 @@
 ``rollout.engine=vllm`` needs the ``vllm`` package (found with ``importlib.util.find_spec``: nothing is
 imported while it is missing), a model architecture vLLM implements (read from the model directory's
 ``config.json``; the embedded tiny model is a ``LlamaForCausalLM``), and ``rollout.vllm.sleep_between_rollouts``
-a GPU (vLLM's CPU backend has no sleep mode). `VLLM_INSTALL` is the install command every such message names.
+a GPU (vLLM's CPU backend has no sleep mode); ``rollout.off_policy_lag ≥ 1`` an online algorithm on the CPU
+(`check_off_policy`). `VLLM_INSTALL` is the install command every such message names.
 """
 from __future__ import annotations
 
@@ -51,8 +52,25 @@ def model_architecture(model) -> str | None:
     return archs[0] if archs else None
 
 
+def check_off_policy(cfg, error: type[Exception]) -> None:
+    """``rollout.off_policy_lag ≥ 1``: an online algorithm on the CPU (the generator is a forked process, and a
+    process cannot fork once CUDA is initialized in it); raises ``error`` (one line)."""
+    r, a, hw = cfg.get("rollout"), cfg.get("algorithm"), cfg.get("hardware")
+    lag = int(r.get("off_policy_lag", 0) or 0) if r is not None else 0
+    if lag < 1:
+        return
+    if a is not None and a.get("module") != "online":
+        raise error(f"rollout.off_policy_lag={lag}: only online algorithms have rollouts to pipeline "
+                    f"(algorithm={a.get('name')} is offline); set it to 0")
+    if hw is not None and hw.get("accelerator") not in ("cpu",):
+        raise error(f"rollout.off_policy_lag={lag} runs its generator as a forked process, which works on the CPU "
+                    f"only (hardware.accelerator={hw.get('accelerator')}: a process cannot fork once CUDA is "
+                    f"initialized); use hardware=cpu or rollout.off_policy_lag=0")
+
+
 def check_rollout_engine(cfg, error: type[Exception]) -> None:
     """``rollout.engine`` and ``rollout.vllm`` against this installation; raises ``error`` (one line)."""
+    check_off_policy(cfg, error)
     r = cfg.get("rollout")
     if r is None or r.get("engine", "hf") != "vllm":
         return

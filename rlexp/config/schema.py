@@ -41,6 +41,7 @@ class OnlineAlgorithmConfig:
     sapo_tau_neg: float = spec(gt=0.0)
     rollout_correction: str = spec(registry="ROLLOUT_CORRECTIONS")
     rollout_is_cap: float = spec(gt=1.0)
+    off_policy_lag: int = spec(ge=0)
     loss_agg: str = spec(registry="AGGREGATIONS")
     entropy_coef: float = spec(ge=0.0)
     kl_coef: float = spec(ge=0.0)
@@ -287,6 +288,7 @@ class RolloutConfig:
     top_p: float = spec(gt=0.0, le=1.0)
     max_new_tokens: Optional[int] = spec(ge=1, default=None)
     engine: str = spec(choices=("hf", "vllm"), default="hf")
+    off_policy_lag: int = spec(ge=0, default=0)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

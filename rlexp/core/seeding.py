@@ -25,6 +25,8 @@ The streams (each the formula that its call site used before it came here, so sa
                                        are sampled, so that turning it on leaves every training stream as it was
     ROLLOUT_ENGINE     7907       0    rollout.engine=vllm: the sampling seeds of iteration i, draw d (request j of
                                        that rollout: ``derive_seed · 2^20 + j``, `rlexp.rollout.engines.vllm`)
+    ROLLOUT_PIPELINE   7927       0    rollout.off_policy_lag ≥ 1: ``seeded`` while the generator process samples
+                                       the batch of iteration i (`rlexp.modules.pipelined`)
 
 The first three are the *step streams* (stride 7, index = the ``salt`` of
 `rlexp.modules.data.step_generator`). ``seeded`` runs a block under a fixed seed without disturbing the
@@ -57,6 +59,7 @@ PROMPT_DRAW = Stream(7919, 0)
 ROLLOUT = Stream(1, 0)
 PASS_AT_K = Stream(7901, 0)
 ROLLOUT_ENGINE = Stream(7907, 0)
+ROLLOUT_PIPELINE = Stream(7927, 0)
 
 
 def derive_seed(seed: int, iteration: int, stream: Stream, draw: int = 0) -> int:

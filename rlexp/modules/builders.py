@@ -75,6 +75,7 @@ def build_online(cfg, task, model_dir: Path):
                             max_unscored_steps=cfg.trainer.max_unscored_steps,
                             micro_batch_size=cfg.hardware.get("micro_batch_size"))
     module.configure_engine(cfg.rollout.get("engine", "hf"), engine_options(cfg))  # built when first used
+    module.configure_pipeline(cfg.rollout.get("off_policy_lag", 0))  # k ≥ 1: forked when training starts
     return module, iteration_loader(cfg.trainer.max_steps)
 
 

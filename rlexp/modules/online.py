@@ -50,6 +50,7 @@ from rlexp.modules.data import step_generator
 from rlexp.modules.engine import RolloutEngines
 from rlexp.modules.experience import Experience
 from rlexp.modules.online_metrics import iteration_metrics, throughput_metrics
+from rlexp.modules.pipelined import OffPolicyRollouts
 from rlexp.modules.record import RunRecorder
 from rlexp.modules.update import UpdateSteps
 from rlexp.rollout import PromptPool, RolloutBatch, collect_groups, generate_rollout
@@ -62,7 +63,7 @@ class ActorForward(NamedTuple):
     entropy: torch.Tensor
 
 
-class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule):
+class OnlineRLModule(OffPolicyRollouts, RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule):
     def __init__(self, *, algo, rollout, actor, tokenizer, task, critic=None, reference=None, seed: int = 0,
                  max_steps: int = 1, eval_every: int = 1, num_samples_logged: int = 0, fp32_logits: bool = True,
                  max_bad_steps: int = 3, micro_batch_size: int | None = None, lora_reference: bool = False,
@@ -110,6 +111,7 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
         return self.actor
 
     def on_train_start(self) -> None:
+        self.start_pipeline()  # rollout.off_policy_lag ≥ 1: forked now, before an engine or an evaluation exists
         if self.iteration == 0:
             self.run_eval(0)
 
@@ -301,12 +303,13 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
     def training_step(self, iteration, batch_idx):
         self._start_iteration(int(iteration))
         t0 = time.perf_counter()
-        batch, draws, signal_frac = self.collect_rollout()  # step 1
+        batch, draws, signal_frac = self.next_rollout()  # step 1 (with an off-policy lag: the generator's batch)
         self._check_scored(batch)
         t_rollout = time.perf_counter() - t0
         exp = self.make_experience(batch)  # steps 2-4
         acc = self.update(exp)  # step 5
         removed = self._remove_solved_prompts(batch)
+        self.push_weights()  # the off-policy generator gets this update's weights (and prompt pool)
         step_seconds = time.perf_counter() - t0
         metrics = iteration_metrics(exp, acc, has_critic=self.critic is not None)  # step 6
         n_tokens = float(batch.mask.sum().item())
@@ -315,7 +318,7 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
         metrics.update({"train/skipped_steps": float(self.skipped_steps),
                         "perf/total_tokens": self.total_tokens, "perf/total_seconds": self.total_seconds,
                         "train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
-                        "train/prompts_removed": float(removed)})
+                        "train/prompts_removed": float(removed), "train/policy_lag": float(self.policy_lag)})
         metrics.update(throughput_metrics(n_tokens, step_seconds, t_rollout, batch.reward_seconds))
         if signal_frac is not None:
             metrics["train/drawn_groups_with_signal"] = signal_frac
@@ -383,7 +386,7 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
         checkpoint["rlexp_state"] = {
             "iteration": self.iteration + 1, "max_steps": self.max_steps, "pool": self.pool.state_dict(), "total_tokens": self.total_tokens,
             "total_seconds": self.total_seconds, "skipped_steps": self.skipped_steps, "bad_steps": dict(self.bad_steps),
-            "rng": rng_state(), "mlflow_run_id": getattr(logger, "run_id", None) if logger is not None else None,
+            "rng": rng_state(), "pipeline": self.pipeline_state(), "mlflow_run_id": getattr(logger, "run_id", None) if logger is not None else None,
             "evals": [dict(h) for h in self.history if "eval/reward_mean" in h]}  # the summaries need them all
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -403,3 +406,4 @@ class OnlineRLModule(RolloutEngines, RunRecorder, UpdateSteps, L.LightningModule
             # applied when the next iteration starts: Lightning draws from the global generator between
             # restoring and training (e.g. the dataloader iterator's base seed)
             self._pending_rng = state.get("rng")
+            self._pipeline_resume = state.get("pipeline")  # the off-policy batches in flight (rlexp.modules.pipelined)

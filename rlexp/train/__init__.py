@@ -86,10 +86,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlexp.models import ModelLoadError
     from rlexp.modules.checkpoint import CheckpointError
     from rlexp.modules.preference_data import DatasetError
+    from rlexp.rollout.pipeline import GeneratorDied
     from rlexp.tasks import RewardError
     from rlexp.tracking import TrackingError
 
-    return CheckpointError, ConfigError, DatasetError, ModelLoadError, RewardError, TrackingError
+    return CheckpointError, ConfigError, DatasetError, GeneratorDied, ModelLoadError, RewardError, TrackingError
 
 
 def _failed_job(cfg: DictConfig, overrides: list[str], error: Exception) -> float:

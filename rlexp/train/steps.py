@@ -56,6 +56,12 @@ def prepare_process(cfg) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.hardware.num_threads:
         torch.set_num_threads(cfg.hardware.num_threads)
+    lag = int(cfg.rollout.get("off_policy_lag", 0) or 0)
+    if lag:  # the generator process takes one of the threads (rlexp.rollout.pipeline)
+        from rlexp.rollout.pipeline import GENERATOR_THREADS, trainer_threads
+
+        torch.set_num_threads(trainer_threads(torch.get_num_threads()))
+        log.info("rollout.off_policy_lag=%d: a generator process (%d thread) beside the trainer", lag, GENERATOR_THREADS)
     say_machine(cfg.hardware, cfg.model.name, torch.cuda.is_available())
 
 
@@ -235,8 +241,13 @@ def fit(job: Job, module, loader) -> None:
     from rlexp.tracking import log_summary
 
     t_fit = time.perf_counter()
-    job.trainer.fit(module, train_dataloaders=loader, ckpt_path=str(job.resume.path) if job.resume else None,
-                    weights_only=True)  # a checkpoint is data: no pickled code runs when it is read
+    try:
+        job.trainer.fit(module, train_dataloaders=loader, ckpt_path=str(job.resume.path) if job.resume else None,
+                        weights_only=True)  # a checkpoint is data: no pickled code runs when it is read
+    finally:  # an off-policy generator process ends with the fit, however it ended (Lightning's teardown
+        close = getattr(module, "close_pipeline", None)  # hook is skipped when the fit raises)
+        if close is not None:
+            close()
     last_step = max((h["step"] for h in module.history), default=job.cfg.trainer.max_steps)
     wall = time.perf_counter() - t_fit + (job.checkpoint.wall_before if job.checkpoint is not None else 0.0)
     log_summary(job.logger, module.history, last_step, wall)
