@@ -86,6 +86,17 @@ def summarize(runs: list[dict], warmup: int = 1) -> dict:
     return out
 
 
+def side_lines(text: str) -> list[dict]:
+    """The per-side JSON lines of a run's stdout (the summary line and anything else left out)."""
+    out = []
+    for ln in text.splitlines():
+        if ln.startswith("{"):
+            d = json.loads(ln)
+            if "side" in d and "iterations" in d:
+                out.append(d)
+    return out
+
+
 def _ratio(a, b):
     return round(a / b, 2) if a and b else None
 
@@ -273,6 +284,8 @@ def main() -> None:
     ap.add_argument("--python-trl", default=str(ROOT / ".venv/bin/python"), help="also the rlexp+HF sides'")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rlexp-bench"))
     ap.add_argument("--out", help="write every side's runs and the summary to this JSON file")
+    ap.add_argument("--summarize", metavar="FILE", help="no runs: the summary of the side lines an earlier "
+                    "invocation printed (saved stdout; an interrupted run's finished sides)")
     ap.add_argument("--shape", default="{}", help=argparse.SUPPRESS)  # JSON: SHAPE keys to change (smoke runs)
     ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
@@ -286,13 +299,18 @@ def main() -> None:
     bad = sorted(set(sides) - set(SIDES))
     if bad:
         ap.error(f"--sides: unknown {bad}; known: {', '.join(SIDES)}")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    weights = prepare_weights(workdir)
     runs: dict[str, list[dict]] = {}
     failed: dict[str, str] = {}
     t_start = time.time()
-    for rnd in range(args.rounds):
+    if args.summarize:
+        for r in side_lines(Path(args.summarize).read_text()):
+            runs.setdefault(r["side"], []).append(r)
+        args.rounds = max((r["round"] + 1 for rs in runs.values() for r in rs), default=0)
+    else:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        weights = prepare_weights(workdir)
+    for rnd in range(0 if args.summarize else args.rounds):
         for side in side_order(sides, rnd):
             if side in failed:
                 continue

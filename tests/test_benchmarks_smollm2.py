@@ -58,3 +58,9 @@ def test_markdown_table_has_a_row_per_side_and_the_failures():
     assert len(lines) == 4
     assert lines[2] == "| rlexp_hf_fp32 | 60.0 | 40.0 | 20.0 | 67% | 50.0 | 2000 | 2048 | 1 |"
     assert lines[3].startswith("| trl_bf16 | failed: RuntimeError: no bf16 |")
+
+
+def test_side_lines_reads_the_per_side_lines_of_a_saved_stdout():
+    text = ('{"side": "trl_fp32", "iterations": [], "peak_rss_mb": 1, "round": 0}\nnoise\n'
+            '{"benchmark": "smollm2_grpo", "summary": {}}\n')
+    assert [d["side"] for d in bench.side_lines(text)] == ["trl_fp32"]
