@@ -4,10 +4,11 @@ With the real engine (vLLM's CPU build; the tests that need it skip, naming the 
 absent): masks, EOS handling and rewards of the same form as the HF engine's, the sampler's log-probs those of
 the distribution it drew from, greedy outputs equal to ``generate``'s, the weight sync after every update (a
 large learning rate; skipping the sync deliberately shows in ``train/rollout_mismatch_kl``), a LoRA policy's
-merged weights, the knobs, and GRPO / PPO end to end. The config checks run everywhere.
+merged weights, the knobs, pass@k through the engine, and GRPO / PPO end to end. The config checks run everywhere.
 """
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -19,9 +20,10 @@ from one_iteration import build
 from rlexp.cli import main
 from rlexp.config import ConfigError, validate
 from rlexp.config.engines import VLLM_INSTALL, vllm_installed
+from rlexp.core.seeding import PASS_AT_K, derive_seed, seeded
 from rlexp.models import response_logits
 from rlexp.models.weights import policy_state_dict
-from rlexp.rollout import evaluate, generate_rollout
+from rlexp.rollout import evaluate, generate_rollout, sample_correct
 from rlexp.rollout.engines import HFEngine
 from rlexp.rollout.generate import sample, score
 from rlexp.train import compose
@@ -195,6 +197,51 @@ def test_a_rollouts_draws_follow_its_seed(vllm_module):
     assert len({tuple(r) for r in draws[0].tolist()}) > 1  # each request its own seed: the rows differ
 
 
+def _with_pass_at_k(module, monkeypatch):
+    for key, value in dict(pass_k=[1, 4], pass_samples=4, pass_prompts=16).items():
+        monkeypatch.setattr(module.task, key, value)
+    return module
+
+
+def test_pass_at_k_with_the_hf_engine_samples_with_generate_as_before(monkeypatch):
+    """``rollout.engine=hf``: pass@k is what ``generate`` draws under the PASS_AT_K seed of the step."""
+    m = _with_pass_at_k(build(GROUPS)[1], monkeypatch)
+    assert m.eval_engine() is None
+    out = m.pass_at_k_metrics(step=3)
+    examples = m.task.eval_examples[:16]
+    with seeded(derive_seed(m.seed, 3, PASS_AT_K), m.device):
+        res = sample_correct(m.actor, m.tokenizer, m.task, examples, n=4, max_new_tokens=m.max_new_tokens,
+                             temperature=float(m.rollout_cfg.temperature), top_p=float(m.rollout_cfg.top_p))
+    assert out["eval/pass_at_1"] == sum(res.correct_counts) / 64 and out["eval/sampled_reward_mean"] == res.reward_mean
+
+
+@needs_vllm
+def test_pass_at_k_samples_with_the_engine_from_its_own_stream(vllm_module, monkeypatch):
+    """``rollout.engine=vllm``: the engine draws the pass@k samples (seeded from the PASS_AT_K stream, the same
+    again for the same step), the estimates are sane, and the next rollout and the global RNG are those of a run
+    without pass@k."""
+    m = _with_pass_at_k(vllm_module, monkeypatch)
+    engine = m.eval_engine()
+    calls = []
+    inner = engine.sample
+    monkeypatch.setattr(engine, "sample", lambda prompts, **kw: calls.append(kw["do_sample"]) or inner(prompts, **kw))
+    examples, idx = m.sample_prompts(0)
+    kw = dict(num_generations=4, max_new_tokens=m.max_new_tokens, temperature=1.0, top_p=1.0, prompt_index=idx)
+    before = generate_rollout(m.actor, m.tokenizer, m.task, examples, engine=m.rollout_engine(), **kw)
+    state = torch.get_rng_state()
+    calls.clear()
+    out = m.pass_at_k_metrics(step=5)
+    assert calls == [True]  # one sampled batch of 16 prompts x 4, by the engine
+    assert torch.equal(torch.get_rng_state(), state)
+    assert out.keys() == {"eval/pass_at_1", "eval/pass_at_4", "eval/sampled_reward_mean"}
+    assert all(math.isfinite(v) for v in out.values()), out
+    assert 0.0 <= out["eval/pass_at_1"] <= out["eval/pass_at_4"] <= 1.0
+    assert 0.0 <= out["eval/sampled_reward_mean"] <= 1.0
+    assert m.pass_at_k_metrics(step=5) == out  # the same seed, the same draws
+    after = generate_rollout(m.actor, m.tokenizer, m.task, examples, engine=m.rollout_engine(), **kw)
+    assert torch.equal(after.response_ids, before.response_ids)  # the rollout is reseeded: pass@k leaves it alone
+
+
 @needs_vllm
 def test_the_engine_holds_the_policys_weights_after_a_change_and_a_lora_policys_merged_ones(vllm_module):
     m = vllm_module
@@ -307,3 +354,55 @@ def test_ddp_with_two_cpu_processes_drives_two_engines_in_sync(mlflow_uri, tmp_p
     kl = _history(mlflow_uri, exp, "train/rollout_mismatch_kl")
     assert sorted(kl) == [1, 2, 3] and max(kl.values()) < 1e-5, kl
     assert set(_history(mlflow_uri, exp, "eval/reward_mean")) == {0, 1, 2, 3}
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_grpo_with_vllm_trains_the_same_with_pass_at_k_on(mlflow_uri, in_tmp):
+    """pass@k through the engine at every evaluation: every other metric at every step is that of the run
+    without it (timings aside)."""
+    client, runs = MlflowClient(mlflow_uri), {}
+    passk = ["task.eval.pass_k=[1,4]", "task.eval.pass_samples=4"]
+    for name, extra in [("vllm-passk-on", passk), ("vllm-passk-off", [])]:
+        assert main(["train", *FAST, *GROUPS, *VLLM, *extra, "trainer.max_steps=2", f"tracking.uri={mlflow_uri}",
+                     f"tracking.experiment={name}"]) == 0
+        runs[name] = client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
+    on, off = runs["vllm-passk-on"], runs["vllm-passk-off"]
+    assert {m.step for m in client.get_metric_history(on.info.run_id, "eval/pass_at_4")} == {0, 1, 2}
+    same = sorted(k for k in off.data.metrics if not k.startswith(("perf/", "summary/wall")))
+    assert len([k for k in same if k.startswith("train/")]) > 10
+    for key in same:
+        assert ([(m.step, m.value) for m in client.get_metric_history(on.info.run_id, key)]
+                == [(m.step, m.value) for m in client.get_metric_history(off.info.run_id, key)]), key
+
+
+def test_the_engine_mismatch_table_groups_runs_by_engine_and_precision(mlflow_uri):
+    """benchmarks/engine_mismatch.py (docs/engines.md's figures): per configuration, the mismatch over all steps
+    and at each step, the final evaluation of each seed and the mean curve; unfinished runs left out."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from engine_mismatch import engine_rows
+
+    client = MlflowClient(mlflow_uri)
+    exp = client.create_experiment("engines")
+    runs = [("vllm", "0", [1e-13, 3e-13], "FINISHED"), ("vllm", "1", [2e-13, 5e-13], "FINISHED"),
+            ("hf", "0", [1e-14, 1e-14], "FINISHED"), ("hf", "1", [1.0, 1.0], "FAILED")]
+    for engine, seed, kl, status in runs:
+        run = client.create_run(exp).info.run_id
+        for key, value in {"rollout.engine": engine, "seed": seed, "hardware.precision": "32-true",
+                           "rollout.vllm.dtype": "auto"}.items():
+            client.log_param(run, key, value)
+        for step, v in enumerate(kl, 1):
+            client.log_metric(run, "train/rollout_mismatch_kl", v, step=step)
+        for step, v in [(0, 0.2), (2, 0.3 + int(seed) / 10)]:
+            client.log_metric(run, "eval/reward_mean", v, step=step)
+        client.set_terminated(run, status)
+    rows = engine_rows(client, "engines", None)
+    assert set(rows) == {"vllm/32-true/auto", "hf/32-true/auto"}
+    v = rows["vllm/32-true/auto"]
+    assert (v["runs"], v["steps"], v["kl_max"], v["kl_per_step"]) == (2, 4, 5e-13, [1.5e-13, 4e-13])
+    assert v["kl_median"] == pytest.approx(2.5e-13) and v["kl_max_per_run"] == {"0": 3e-13, "1": 5e-13}
+    assert v["final_reward"] == {"0": 0.3, "1": 0.4} and v["curve"] == {0: 0.2, 2: 0.35}
+    assert rows["hf/32-true/auto"]["runs"] == 1  # the failed run is left out

@@ -123,7 +123,8 @@ class RunRecorder:
         ``eval/sampled_reward_mean``: ``task.pass_samples`` completions of each of the first
         ``task.pass_prompts`` held-out prompts (each worker its share), sampled at the rollout's temperature and
         top_p under the run's PASS_AT_K seed of ``step`` (the global RNG streams are restored after it, so
-        training is the same with it or without it). ``{}`` when ``task.pass_k`` is empty."""
+        training is the same with it or without it), by the greedy evaluation's engine (``eval_engine``: the
+        ``rollout.engine`` one, or the policy's ``generate``). ``{}`` when ``task.pass_k`` is empty."""
         task = self.task
         ks, n = getattr(task, "pass_k", None), getattr(task, "pass_samples", 0)
         if not ks:
@@ -132,9 +133,14 @@ class RunRecorder:
         examples = task.eval_examples[:task.pass_prompts][rank::ws]
         r = getattr(self, "rollout_cfg", None)
         temperature, top_p = (float(r.temperature), float(r.top_p)) if r is not None else (1.0, 1.0)
-        with seeded(derive_seed(self.seed, step, PASS_AT_K, draw=rank), self.device), self.sampling():
+        seed = derive_seed(self.seed, step, PASS_AT_K, draw=rank)
+        engine = self.eval_engine()  # None: the policy's generate, drawing from the seeded global RNG
+        if engine is not None:  # it seeds its own requests, from this stream; every rollout reseeds it again
+            engine.reseed(seed)
+        with seeded(seed, self.device), self.sampling():
             res = sample_correct(self.policy_model, self.tokenizer, task, examples, n=n,
-                                 max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p)
+                                 max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=top_p,
+                                 engine=engine)
         scored = len(examples) * n - res.reward_errors
         sums = [sum(pass_at_k(n, c, k) for c in res.correct_counts) for k in ks]
         sums += [float(len(examples)), res.reward_mean * scored if scored else 0.0, float(scored)]

@@ -8,7 +8,8 @@ summaries read NaN as "no value"), never a misleading 0.
 
 ``sample_correct`` draws ``n`` completions per prompt at the rollout's temperature / top_p for the pass@k
 estimate (``rlexp.core.pass_at_k``): per prompt, how many the task judges correct (``task.is_correct``),
-and the mean task reward of the scorable ones. It draws from the global RNG: its caller seeds it.
+and the mean task reward of the scorable ones. It draws from the global RNG (its caller seeds it), or with
+``engine`` from that rollout engine's seeded requests (its caller reseeds it).
 """
 from __future__ import annotations
 
@@ -81,10 +82,12 @@ class SampledResult:
 
 @torch.no_grad()
 def sample_correct(model, tokenizer, task: Task, examples: list[Example], *, n: int, max_new_tokens: int,
-                   temperature: float, top_p: float, batch_size: int = 256) -> SampledResult:
+                   temperature: float, top_p: float, batch_size: int = 256, engine=None) -> SampledResult:
     """Sample ``n`` completions of every example (its rows consecutive, ``batch_size`` rows per ``generate``)
     at ``temperature`` / ``top_p``, score them with the task's reward and count, per example, those
-    ``task.is_correct`` accepts (the greedy evaluation's ``accuracy`` test)."""
+    ``task.is_correct`` accepts (the greedy evaluation's ``accuracy`` test). ``engine``: a rollout engine
+    (`rlexp.rollout.engines`) that samples instead of the policy's ``generate``."""
+    sample = sampler(engine)
     rows = [e for e in examples for _ in range(n)]
     rewards, errors, correct = [], 0, []
     for start in range(0, len(rows), batch_size):
