@@ -134,14 +134,22 @@ def test_the_generator_dies_with_its_trainer(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     child = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
-        stat = Path(f"/proc/{child}/stat").read_text() if Path(f"/proc/{child}/stat").exists() else ""
-        if stat.split(") ")[-1].startswith("Z"):  # a zombie waiting for its reaper: it has ended
-            break
+    assert _ends_soon([child])
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its reaper has ended)."""
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _ends_soon(pids: list[int], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
-    alive = Path(f"/proc/{child}/stat").exists() and not Path(f"/proc/{child}/stat").read_text().split(") ")[-1].startswith("Z")
-    assert not alive
+    return not any(_alive(p) for p in pids)
 
 
 def test_threads_split_between_trainer_and_generator():
@@ -171,7 +179,7 @@ class Snapshots(L.Callback):
         self.weights, self.batches, self.lags = {}, {}, {}
 
     def on_train_start(self, trainer, module):
-        take = module.next_rollout
+        self.module, take = module, module.next_rollout
 
         def recording():
             out = take()
@@ -271,30 +279,48 @@ def _children(pid: int) -> list[int]:
             for c in (t / "children").read_text().split()] if Path(f"/proc/{pid}/task").exists() else []
 
 
-@pytest.mark.slow
-def test_sigkill_with_batches_in_flight_then_resume_gives_exactly_the_uninterrupted_run(tmp_path):
-    """The checkpoint after iteration i holds the k batches sampled with weights it no longer has (i-k+1 .. i):
-    a run killed with SIGKILL (trainer and generator) and resumed trains on exactly them."""
-    from test_resume import _assert_same_metrics, _history, _steps_logged_twice, _wait_for_steps_past_checkpoint
+@pytest.fixture(scope="module")
+def uninterrupted_lagged(tmp_path_factory):
+    """The reference of the resume tests: the lagged run, never interrupted (in-process)."""
+    from test_resume import _history
 
-    from rlexp.modules.checkpoint import read_rlexp_state
-
-    ref = tmp_path / "uninterrupted"
-    ref.mkdir()
+    ref = tmp_path_factory.mktemp("uninterrupted_lagged")
+    old = os.getcwd()
     os.chdir(ref)
     try:
         assert main(["train", *RESUME_ARGS, "hydra.run.dir=run"]) == 0
     finally:
-        os.chdir(tmp_path)
-    want = _history(ref / "mlflow.db")
+        os.chdir(old)
+    return _history(ref / "mlflow.db")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_kill_or_ctrl_c_with_batches_in_flight_then_resume_gives_exactly_the_uninterrupted_run(
+        tmp_path, uninterrupted_lagged, sig):
+    """The checkpoint after iteration i holds the k batches sampled with weights it no longer has (i-k+1 .. i):
+    a run killed with SIGKILL (trainer and generator at once), or stopped with Ctrl-C (at an iteration boundary,
+    its generator closed), and resumed trains on exactly them."""
+    from test_resume import (_assert_same_metrics, _history, _steps_logged_twice, _wait_for_checkpoint,
+                             _wait_for_steps_past_checkpoint)
+
+    from rlexp.modules.checkpoint import read_rlexp_state
+
+    want = uninterrupted_lagged
     work = tmp_path / "killed"
     work.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "rlexp", "train", *RESUME_ARGS, "hydra.run.dir=run"], cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     ckpt = work / "run" / "checkpoints" / "last.ckpt"
-    _wait_for_steps_past_checkpoint(proc, work / "mlflow.db", ckpt, 2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    if sig == signal.SIGKILL:
+        _wait_for_steps_past_checkpoint(proc, work / "mlflow.db", ckpt, 2)
+    else:
+        _wait_for_checkpoint(proc, ckpt, 2)
+    children = _children(proc.pid)
+    os.killpg(proc.pid, sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == (-sig if sig == signal.SIGKILL else 1), out[-3000:]
+    assert len(children) == 1 and _ends_soon(children)  # no generator is left behind
     state = read_rlexp_state(ckpt)
     k = state["iteration"]
     assert 2 <= k < 8
@@ -360,3 +386,39 @@ def test_ddp_with_two_processes_each_with_its_own_generator(tmp_path):
     assert r.info.status == "FINISHED"
     assert [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/policy_lag")] == \
         [(1, 0.0), (2, 1.0), (3, 1.0)]
+
+
+@pytest.mark.slow
+def test_the_vllm_engine_in_the_generator_samples_with_the_weights_of_iteration_i_minus_k(in_tmp):
+    """rollout.engine=vllm with a lag: the generator process builds its own engine and reloads it with each
+    version it receives (.ci/run runs this in the vLLM venv; elsewhere it is skipped)."""
+    from rlexp.config.engines import VLLM_INSTALL, vllm_installed
+
+    if not vllm_installed():
+        pytest.skip(f"needs vLLM: {VLLM_INSTALL}")
+    snaps, steps = Snapshots(), 4
+    run(compose([*BASE, "rollout.off_policy_lag=1", "rollout.engine=vllm", f"trainer.max_steps={steps}",
+                 "tracking=none", "algorithm.actor_lr=0.01"]), callbacks=[snaps])
+    assert [snaps.lags[i] for i in range(steps)] == [0, 1, 1, 1]
+    for i in range(1, steps):
+        assert _sampler_gap(snaps.module, snaps.weights[i - 1], snaps.batches[i]) < 1e-3, i
+        assert _sampler_gap(snaps.module, snaps.weights[i], snaps.batches[i]) > 1e-2, i
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [
+    ["algorithm=ppo", "algorithm.prompts_per_step=16", "algorithm.kl_coef=0.05"],  # critic + KL in the reward
+    ["algorithm=dapo", "algorithm.max_gen_batches=3"],  # dynamic sampling and overlong shaping, in the generator
+    ["algorithm=grpo", "algorithm.kl_coef=0.04", "algorithm.kl_placement=in_loss"],  # KL to the reference in the loss
+], ids=["ppo", "dapo", "grpo-kl"])
+def test_critics_kl_and_dynamic_sampling_keep_working_with_a_lag(recipe, in_tmp):
+    module = run(compose([*BASE, *recipe, "rollout.off_policy_lag=1", "trainer.max_steps=4", "tracking=none"]))
+    hist = [h for h in module.history if "train/policy_lag" in h]
+    assert [h["train/policy_lag"] for h in hist] == [0.0, 1.0, 1.0, 1.0]
+    assert all(math.isfinite(h["train/policy_loss"]) and h["train/grad_norm"] > 0 for h in hist)
+    if "algorithm=ppo" in recipe:  # values recomputed by the current critic, which trains
+        assert all(math.isfinite(h["train/value_loss"]) for h in hist) and "train/kl" in hist[-1]
+    if "algorithm=dapo" in recipe:
+        assert all(1 <= h["train/gen_batches_drawn"] <= 3 for h in hist)
+    if "algorithm.kl_placement=in_loss" in recipe:
+        assert all(math.isfinite(h["train/kl_loss"]) for h in hist)
