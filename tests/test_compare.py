@@ -300,11 +300,11 @@ def test_cli_writes_report_with_embedded_images_and_logs_it(store, cli_report):
     rc, out = cli_report
     assert rc == 0
     html = (out / "report.html").read_text()
-    for png in ("eval_reward.png", "heatmap_gamma_lam.png", "train_curves.png", "sigmoid_fit.png",
-                "lambda_diagnostics.png", "performance_profiles.png"):
+    for png in ("eval_reward.png", "eval_reward_wall_time.png", "heatmap_gamma_lam.png", "train_curves.png",
+                "sigmoid_fit.png", "lambda_diagnostics.png", "performance_profiles.png"):
         assert (out / png).stat().st_size > 1000, png
         assert f'alt="{png}"' in html
-    assert html.count("data:image/png;base64,") == 6
+    assert html.count("data:image/png;base64,") == 7
     assert "γ × λ heatmap" in html and "sweep sw-main (grid)" in html
     assert '<tr class="best"><td class="num">1</td><td class="key">0.2</td><td class="key">1.0</td>' \
            '<td class="key">0.95</td>' in html

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 
 from rlexp.compare.aggregate import Group, metric_value, short_key, sort_value
-from rlexp.compare.fit import EVAL_METRIC, sigmoid_curve
+from rlexp.compare.fit import EVAL_METRIC, _value_at, sigmoid_curve
 from rlexp.compare.runs import RunRecord
 
 TRAIN_METRICS = ("train/clipfrac", "train/approx_kl", "train/entropy", "train/response_length")
 LAMBDA_METRICS = ("train/advantage_var", "train/adv_bias_vs_mc", "train/adv_mse_vs_mc",
                   "train/explained_variance")
 GAMMA, LAM, CLIP = "algorithm.gamma", "algorithm.lam", "algorithm.clip_eps"
+WALL_METRIC = "perf/total_seconds"  # cumulative seconds in training_step (rollout + update; evaluations excluded)
 
 
 def new_figure(ncols: int = 1, *, width: float = 6.0, height: float = 4.0):
@@ -116,6 +117,49 @@ def eval_curves(groups: list[Group], differing: list[str]):
     if not drawn:
         return None
     ax.set(xlabel="RL iteration", ylabel=EVAL_METRIC, title="evaluation reward (mean over seeds, bootstrap 95% band)")
+    ax.grid(alpha=0.3)
+    _legend(ax, drawn)
+    return fig
+
+
+def wall_time_points(run: RunRecord) -> list[tuple[int, float, float]]:
+    """``[(step, seconds, reward), ...]`` of one run: each ``eval/reward_mean`` with ``perf/total_seconds`` at
+    its step (the evaluation at step s follows iteration s; step 0, before any iteration, is at 0 s). Empty
+    when the run logged no ``perf/total_seconds``; an evaluation with no seconds at or before its step is left out."""
+    seconds = run.history(WALL_METRIC)
+    if not seconds:
+        return []
+    out = []
+    for step, reward in run.history(EVAL_METRIC):
+        t = 0.0 if step == 0 else _value_at(seconds, step)
+        if t is not None and math.isfinite(reward):
+            out.append((step, t, reward))
+    return out
+
+
+def wall_time_curves(groups: list[Group], differing: list[str]):
+    """(a) ``eval/reward_mean`` against wall time (``perf/total_seconds`` at the evaluation's step): per
+    configuration, each run's evaluations (faint dots) and, per evaluation step, the mean reward over seeds at
+    the mean seconds over seeds (the line). ``None`` when no finished run logged ``perf/total_seconds``."""
+    fig, (ax,) = new_figure(width=8.0, height=4.5)
+    drawn = 0
+    for g, color in zip(groups, _colors(len(groups))):
+        per_step: dict[int, list[tuple[float, float]]] = {}
+        for run in g.finished:
+            for step, t, reward in wall_time_points(run):
+                per_step.setdefault(step, []).append((t, reward))
+        if not per_step:
+            continue
+        pts = [p for s in sorted(per_step) for p in per_step[s]]
+        ax.scatter([t for t, _ in pts], [r for _, r in pts], s=8, color=color, alpha=0.3, linewidths=0)
+        xs = [sum(t for t, _ in per_step[s]) / len(per_step[s]) for s in sorted(per_step)]
+        ys = [sum(r for _, r in per_step[s]) / len(per_step[s]) for s in sorted(per_step)]
+        ax.plot(xs, ys, marker="o", ms=3, color=color, label=f"{g.label(differing)} (n={len(g.finished)})")
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set(xlabel=f"wall time: training seconds ({WALL_METRIC})", ylabel=EVAL_METRIC,
+           title="evaluation reward against wall time (mean over seeds per evaluation step)")
     ax.grid(alpha=0.3)
     _legend(ax, drawn)
     return fig

@@ -2,7 +2,8 @@
 
 Sections, in order: the comparison table (mean, IQM, median with bootstrap intervals; a note on
 failed runs), the pairs (P(improvement), paired differences), pass@k when the runs logged it, the
-performance profiles; (a) evaluation reward against iterations (bootstrap band over seeds); (b) a γ×λ
+performance profiles; (a) evaluation reward against iterations (bootstrap band over seeds) and, when
+``perf/total_seconds`` is logged, against wall time (mean over seeds per evaluation step); (b) a γ×λ
 heatmap of the metric, one panel per ``clip_eps`` (only when γ and λ both vary); (c) training
 diagnostics (clip fraction, KL, entropy, response length); (d) the ScaleRL sigmoid fit per
 configuration, with a table of A, B, C_mid and their errors, or why the fit is undetermined or failed;
@@ -94,6 +95,13 @@ def write_report(runs: list[RunRecord], groups: list[Group], out_dir: str | Path
     body.append("<h2>(a) Evaluation reward</h2>")
     fig = plots.eval_curves(groups, differing)
     body.append(_save_png(fig, out, "eval_reward.png") if fig else "<p>No run logged eval/reward_mean.</p>")
+    fig = plots.wall_time_curves(groups, differing)
+    if fig:
+        body += [_save_png(fig, out, "eval_reward_wall_time.png"),
+                 f"<p>Reward against wall time: each evaluation at {plots.WALL_METRIC} of its step (the "
+                 "cumulative seconds of the training iterations before it: rollout and update, evaluations "
+                 "excluded; step 0 at 0 s). Dots: single runs; line: per evaluation step, the mean reward over "
+                 "seeds at their mean seconds. Wall time depends on the machine and its load.</p>"]
 
     heat = plots.gamma_lambda_heatmap(runs, metric, differing)
     if heat:
