@@ -21,7 +21,9 @@ loss, the adapter-disabled reference), clip ε = 0.2, per-sequence token means (
   and including EOS. bf16 = its own ``bf16=True`` (autocast on the CPU).
 
 "update" is the iteration minus generation (reward, scoring passes, loss, backward, optimizer step). The first
-``--warmup`` iterations of each side are left out. Peak memory: the subprocess's ``VmHWM``. Prints one JSON
+``--warmup`` iterations of each side are left out. CPU s / iteration: the process's CPU seconds (all its threads,
+``time.process_time``) over the iteration, which a machine shared with other work inflates far less than the wall
+clock. Peak memory: the subprocess's ``VmHWM``. Prints one JSON
 line per side and a summary line (medians, ratios, the markdown table); ``--out`` writes them all as JSON.
 """
 from __future__ import annotations
@@ -83,6 +85,8 @@ def summarize(runs: list[dict], warmup: int = 1) -> dict:
            "tokens_per_iteration": round(statistics.median(i["tokens"] for i in its), 1),
            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
     out["generate_share"] = round(out["generate_s"] / out["seconds_per_iteration"], 2)
+    if all("cpu_s" in i for i in its):  # the process's CPU seconds: what the machine's load changes least
+        out["cpu_seconds_per_iteration"] = med([i["cpu_s"] for i in its])
     return out
 
 
@@ -127,19 +131,20 @@ def markdown_table(summary: dict[str, dict], failed: dict[str, str] | None = Non
     """One row per side: s / iteration, generate, update, generate share, generation tokens/s, tokens, peak RSS;
     a side that failed is one row with its reason."""
     rows = ["| side | s / iteration | generate s | update s | generate share | generation tokens/s "
-            "| tokens / iteration | peak RSS MiB | timed iterations |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| tokens / iteration | peak RSS MiB | timed iterations | CPU s / iteration |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for side in [s for s in SIDES if s in summary or s in (failed or {})]:
         if side in (failed or {}):
-            rows.append(f"| {side} | failed: {failed[side]} | | | | | | | |")
+            rows.append(f"| {side} | failed: {failed[side]} | | | | | | | | |")
             continue
         s = summary[side]
+        cpu = f"{s['cpu_seconds_per_iteration']:.1f}" if "cpu_seconds_per_iteration" in s else "—"
         if not s.get("timed_iterations"):
-            rows.append(f"| {side} | no timed iteration | | | | | | | |")
+            rows.append(f"| {side} | no timed iteration | | | | | | | | |")
             continue
         rows.append(f"| {side} | {s['seconds_per_iteration']:.1f} | {s['generate_s']:.1f} | {s['update_s']:.1f} "
                     f"| {s['generate_share']:.0%} | {s['generate_tokens_per_s']:.1f} | {s['tokens_per_iteration']:.0f} "
-                    f"| {s['peak_rss_mb']:.0f} | {s['timed_iterations']} |")
+                    f"| {s['peak_rss_mb']:.0f} | {s['timed_iterations']} | {cpu} |")
     return "\n".join(rows)
 
 
@@ -161,10 +166,22 @@ def rlexp_side(side: str, path: str, steps: int, threads: int, seed: int, tmp: s
     cfg = compose([*rlexp_overrides(g), "model=hf", f"model.name_or_path={path}", f"seed={seed}", f"hardware.num_threads={threads}",
                    f"trainer.max_steps={steps}", f"trainer.eval_every={steps}", f"checkpoint.every_n_steps={steps}",
                    f"checkpoint.dir={tmp}/checkpoints", *RLEXP_SIDES[side]])
-    module = run(cfg)
+    import lightning as L
+
+    cpu: list[list[float]] = []
+
+    class CpuTimer(L.Callback):  # the process's CPU seconds per iteration (all its threads)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            cpu.append([time.process_time()])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            cpu[-1].append(time.process_time())
+    module = run(cfg, callbacks=[CpuTimer()])
     its = [h for h in module.history if "perf/step_seconds" in h]
+    cpu_s = [c[1] - c[0] for c in cpu if len(c) == 2]
     return [{"step_s": h["perf/step_seconds"], "generate_s": h["perf/generate_seconds"],
-             "tokens": h["perf/generate_tokens_per_second"] * h["perf/generate_seconds"]} for h in its]
+             "tokens": h["perf/generate_tokens_per_second"] * h["perf/generate_seconds"],
+             **({"cpu_s": cpu_s[i]} if len(cpu_s) == len(its) else {})} for i, h in enumerate(its)]
 
 
 class _TimedGenerate:
@@ -217,10 +234,10 @@ def trl_side(side: str, path: str, steps: int, threads: int, seed: int, tmp: str
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            spans.append([time.perf_counter()])
+            spans.append([time.perf_counter(), time.process_time()])
 
         def on_step_end(self, args, state, control, **kwargs):
-            spans[-1].append(time.perf_counter())
+            spans[-1] += [time.perf_counter(), time.process_time()]
 
     def number_match_reward(prompts, completions, target, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -241,10 +258,18 @@ def trl_side(side: str, path: str, steps: int, threads: int, seed: int, tmp: str
     GRPOTrainer(model=path, reward_funcs=number_match_reward, args=args, train_dataset=data, processing_class=tok,
                 peft_config=lora, callbacks=[Timer()]).train()
     out = []
-    for t0, t1 in (s for s in spans if len(s) == 2):
+    for t0, c0, t1, c1 in (s for s in spans if len(s) == 4):
         calls = [c for c in timed.calls if t0 <= c[0] < t1]
-        out.append({"step_s": t1 - t0, "generate_s": sum(e - s for s, e, _ in calls), "tokens": sum(n for *_, n in calls)})
+        out.append({"step_s": t1 - t0, "generate_s": sum(e - s for s, e, _ in calls),
+                    "tokens": sum(n for *_, n in calls), "cpu_s": c1 - c0})
     return out
+
+
+def _loadavg() -> str | None:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
 
 
 def child(side: str, path: str, steps: int, threads: int, seed: int, g: dict) -> dict:
@@ -258,7 +283,7 @@ def child(side: str, path: str, steps: int, threads: int, seed: int, g: dict) ->
         import contextlib
         with contextlib.redirect_stdout(sys.stderr):  # stdout: the one JSON line
             its = fn(side, path, steps, threads, seed, tmp, g)
-    return {"side": side, "iterations": its, "peak_rss_mb": round(peak_rss_mb(), 1),
+    return {"side": side, "iterations": its, "peak_rss_mb": round(peak_rss_mb(), 1), "loadavg_end": _loadavg(),
             "wall_s": round(time.perf_counter() - t0, 1), "threads": threads, **_versions()}
 
 

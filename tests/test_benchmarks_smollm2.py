@@ -56,8 +56,18 @@ def test_markdown_table_has_a_row_per_side_and_the_failures():
     table = bench.markdown_table(summary, {"trl_bf16": "RuntimeError: no bf16"})
     lines = table.splitlines()
     assert len(lines) == 4
-    assert lines[2] == "| rlexp_hf_fp32 | 60.0 | 40.0 | 20.0 | 67% | 50.0 | 2000 | 2048 | 1 |"
+    assert lines[2] == "| rlexp_hf_fp32 | 60.0 | 40.0 | 20.0 | 67% | 50.0 | 2000 | 2048 | 1 | — |"
     assert lines[3].startswith("| trl_bf16 | failed: RuntimeError: no bf16 |")
+
+
+def test_cpu_seconds_are_summarized_where_every_iteration_has_them():
+    run = _run([(9.0, 9.0, 9), (60.0, 40.0, 2000), (50.0, 30.0, 2000)])
+    assert "cpu_seconds_per_iteration" not in bench.summarize([run])
+    for i, c in zip(run["iterations"], (1.0, 20.0, 30.0)):
+        i["cpu_s"] = c
+    s = bench.summarize([run])
+    assert s["cpu_seconds_per_iteration"] == 25.0
+    assert bench.markdown_table({"trl_fp32": s}).splitlines()[2].endswith("| 2 | 25.0 |")
 
 
 def test_side_lines_reads_the_per_side_lines_of_a_saved_stdout():
