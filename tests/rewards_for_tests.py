@@ -1,4 +1,6 @@
 """Reward functions used by tests through `task.reward._target_` (as a user's own would be)."""
+import os
+
 CALLS = {"n": 0}
 
 
@@ -96,3 +98,14 @@ def records_prompts(prompts, completions, *, targets, finished, **kwargs):
     """Exact match; records each call's prompts in PROMPTS (which prompts a run trained on, in order)."""
     PROMPTS.append(list(prompts))
     return [float(done and c == t) for c, t, done in zip(completions, targets, finished)]
+
+
+_IMPORTED_IN = os.getpid()
+
+
+def fails_in_another_process(prompts, completions, *, targets, finished, **kwargs):
+    """Exact match in the process that imported it (the trainer's evaluation); raises in any other one (the
+    off-policy generator, forked from it)."""
+    if os.getpid() != _IMPORTED_IN:
+        raise RuntimeError("scored outside the trainer")
+    return [float(c.strip() == t) for c, t in zip(completions, targets)]

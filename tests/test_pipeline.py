@@ -416,9 +416,22 @@ def test_critics_kl_and_dynamic_sampling_keep_working_with_a_lag(recipe, in_tmp)
     hist = [h for h in module.history if "train/policy_lag" in h]
     assert [h["train/policy_lag"] for h in hist] == [0.0, 1.0, 1.0, 1.0]
     assert all(math.isfinite(h["train/policy_loss"]) and h["train/grad_norm"] > 0 for h in hist)
+    # the phases: the generator's own generation time, and the trainer's wait for its batch
+    assert all(h["perf/generate_seconds"] > 0 and 0 <= h["perf/wait_seconds"] < h["perf/step_seconds"] for h in hist)
     if "algorithm=ppo" in recipe:  # values recomputed by the current critic, which trains
         assert all(math.isfinite(h["train/value_loss"]) for h in hist) and "train/kl" in hist[-1]
     if "algorithm=dapo" in recipe:
         assert all(1 <= h["train/gen_batches_drawn"] <= 3 for h in hist)
     if "algorithm.kl_placement=in_loss" in recipe:
         assert all(math.isfinite(h["train/kl_loss"]) for h in hist)
+
+
+def test_a_reward_that_raises_in_the_generator_stops_the_run_in_one_line(in_tmp, capsys):
+    """The generator scores; its RewardError reaches the trainer as itself, with where it happened."""
+    with pytest.raises(SystemExit) as e:
+        main(["train", *BASE, "trainer.max_steps=3", "tracking=none", "rollout.off_policy_lag=1",
+              "task.reward._target_=rewards_for_tests.fails_in_another_process"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and err[-1].startswith(
+        "rlexp: error: rollout generator (iteration 0): reward function rewards_for_tests.fails_in_another_process "
+        "raised RuntimeError: scored outside the trainer"), err[-3:]

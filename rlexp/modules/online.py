@@ -319,7 +319,8 @@ class OnlineRLModule(OffPolicyRollouts, RolloutEngines, RunRecorder, UpdateSteps
                         "perf/total_tokens": self.total_tokens, "perf/total_seconds": self.total_seconds,
                         "train/gen_batches_drawn": float(draws), "train/prompt_pool_size": float(self.pool.size),
                         "train/prompts_removed": float(removed), "train/policy_lag": float(self.policy_lag)})
-        metrics.update(throughput_metrics(n_tokens, step_seconds, t_rollout, batch.reward_seconds))
+        metrics.update(throughput_metrics(n_tokens, step_seconds, t_rollout, batch.reward_seconds,
+                                          self.generator_seconds))
         if signal_frac is not None:
             metrics["train/drawn_groups_with_signal"] = signal_frac
         self._log_iteration(metrics, step_seconds)

@@ -60,11 +60,18 @@ def mismatch_metrics(exp: Experience) -> dict[str, torch.Tensor]:
 
 
 def throughput_metrics(n_tokens: float, step_seconds: float, rollout_seconds: float,
-                       reward_seconds: float) -> dict[str, float]:
+                       reward_seconds: float, generator_seconds: float | None = None) -> dict[str, float]:
     """Seconds of the iteration and of its phases; ``rollout_seconds`` includes the reward function's
-    ``reward_seconds`` (generation alone is the difference)."""
-    generate_seconds = rollout_seconds - reward_seconds
-    return {"perf/step_seconds": step_seconds, "perf/generate_seconds": generate_seconds,
-            "perf/reward_seconds": reward_seconds, "perf/update_seconds": step_seconds - rollout_seconds,
-            "perf/tokens_per_second": n_tokens / step_seconds,
-            "perf/generate_tokens_per_second": n_tokens / max(generate_seconds, 1e-9)}
+    ``reward_seconds`` (generation alone is the difference). With an off-policy lag the rollout was made by the
+    generator process in ``generator_seconds`` (scoring included) while the trainer did other work:
+    ``rollout_seconds`` is then only the trainer's wait for it (``perf/wait_seconds``), and the generation
+    figures are the generator's."""
+    made_in = rollout_seconds if generator_seconds is None else generator_seconds
+    generate_seconds = made_in - reward_seconds
+    out = {"perf/step_seconds": step_seconds, "perf/generate_seconds": generate_seconds,
+           "perf/reward_seconds": reward_seconds, "perf/update_seconds": step_seconds - rollout_seconds,
+           "perf/tokens_per_second": n_tokens / step_seconds,
+           "perf/generate_tokens_per_second": n_tokens / max(generate_seconds, 1e-9)}
+    if generator_seconds is not None:
+        out["perf/wait_seconds"] = rollout_seconds
+    return out

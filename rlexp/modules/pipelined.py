@@ -22,6 +22,7 @@ trains on exactly them and forks a generator that continues from iteration ``i +
 """
 from __future__ import annotations
 
+import time
 from dataclasses import fields
 
 import torch
@@ -42,6 +43,7 @@ class OffPolicyRollouts:
     off_policy_lag: int = 0
     pipeline: OffPolicyGenerator | None = None
     policy_lag: int = 0  # iteration − weights version of the batch being trained
+    generator_seconds: float | None = None  # how long the generator took to make that batch (None: no generator)
     _pipeline_resume: list | None = None  # a resumed run's in-flight batches, from its checkpoint
 
     def configure_pipeline(self, lag: int) -> None:
@@ -69,7 +71,8 @@ class OffPolicyRollouts:
             return self.collect_rollout()
         got = self.pipeline.get(self.iteration)
         self.policy_lag = self.iteration - got.version
-        return got.result
+        *result, self.generator_seconds = got.result
+        return tuple(result)
 
     def push_weights(self) -> None:
         """After iteration ``i``'s update: version ``i + 1`` to the generator."""
@@ -100,9 +103,11 @@ class OffPolicyRollouts:
 
     # ------------------------------------------------------------------ generator side (the forked process)
     def _produce_rollout(self, j: int):
+        """``(batch, draws, signal fraction, seconds it took)`` of iteration ``j``."""
         self.iteration = j  # the prompts, the engine's seeds and the shaping are iteration j's
+        t0 = time.perf_counter()
         with seeded(derive_seed(self.seed, j, ROLLOUT_PIPELINE), self.device):
-            return self.collect_rollout()
+            return (*self.collect_rollout(), time.perf_counter() - t0)
 
     @torch.no_grad()
     def _apply_version(self, payload: dict) -> None:
@@ -116,10 +121,10 @@ class OffPolicyRollouts:
     # ------------------------------------------------------------------ checkpoint form
     @staticmethod
     def _result_to_state(result) -> tuple:
-        batch, draws, signal = result
-        return batch_to_state(batch), draws, signal
+        batch, *rest = result
+        return (batch_to_state(batch), *rest)
 
     @staticmethod
     def _result_from_state(state) -> tuple:
-        batch, draws, signal = state
-        return RolloutBatch(**batch), draws, signal
+        batch, *rest = state
+        return (RolloutBatch(**batch), *rest)
