@@ -41,7 +41,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIDES = ("rlexp_hf_fp32", "rlexp_hf_bf16", "rlexp_vllm_fp32", "rlexp_vllm_bf16", "trl_fp32", "trl_bf16")
-SHAPE = dict(prompts=8, generations=8, max_new_tokens=64, beta=0.04, lr=1e-4, clip=0.2, lora_r=16, lora_alpha=32)
+# micro_batch: rows per backward pass (gradient accumulation; rlexp hardware.micro_batch_size, TRL
+# per_device_train_batch_size with gradient_accumulation_steps); None = the whole batch in one pass
+SHAPE = dict(prompts=8, generations=8, max_new_tokens=64, beta=0.04, lr=1e-4, clip=0.2, lora_r=16, lora_alpha=32,
+             micro_batch=None)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -54,7 +57,8 @@ def rlexp_overrides(g: dict) -> list[str]:
             f"algorithm.actor_lr={g['lr']}", f"algorithm.clip_eps={g['clip']}",
             f"rollout.max_new_tokens={g['max_new_tokens']}", "rollout.temperature=1.0", "rollout.top_p=1.0",
             "model.lora.enabled=true", f"model.lora.r={g['lora_r']}", f"model.lora.alpha={g['lora_alpha']}",
-            "trainer.progress_bar=false", "trainer.num_samples_logged=0", "trainer.save_policy=false"]
+            "trainer.progress_bar=false", "trainer.num_samples_logged=0", "trainer.save_policy=false",
+            *([f"hardware.micro_batch_size={g['micro_batch']}"] if g.get("micro_batch") else [])]
 
 
 RLEXP_SIDES = {"rlexp_hf_fp32": ["hardware.precision=32-true"],
@@ -243,11 +247,13 @@ def trl_side(side: str, path: str, steps: int, threads: int, seed: int, tmp: str
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return number_match(prompts, texts, targets=target)
 
+    rows = g["prompts"] * g["generations"]
     args = GRPOConfig(output_dir=f"{tmp}/trl", seed=seed, learning_rate=g["lr"], lr_scheduler_type="constant",
                       weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to="none", save_strategy="no",
                       use_cpu=True, bf16=side == "trl_bf16", fp16=False, gradient_checkpointing=False,
                       disable_tqdm=True, dataloader_num_workers=0,
-                      per_device_train_batch_size=g["prompts"] * g["generations"], gradient_accumulation_steps=1,
+                      per_device_train_batch_size=g.get("micro_batch") or rows,
+                      gradient_accumulation_steps=rows // (g.get("micro_batch") or rows),
                       max_steps=steps, num_generations=g["generations"], max_completion_length=g["max_new_tokens"],
                       beta=g["beta"], loss_type="grpo", epsilon=g["clip"], num_iterations=1, temperature=1.0,
                       top_p=1.0, top_k=0, log_completions=False, model_init_kwargs={"dtype": torch.float32})
