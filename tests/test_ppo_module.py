@@ -66,6 +66,8 @@ KNOBS = {
     "no_positive_resampling": (COIN + ["algorithm.pass_reward=0.0"], "algorithm.no_positive_resampling=true"),
     "pass_rate_threshold": (NPR, "algorithm.pass_rate_threshold=0.5"),
     "pass_reward": (NPR, "algorithm.pass_reward=0.0"),
+    # the recipe's lag, rollout.off_policy_lag's default: the second iteration trains on the initial policy's batch
+    "off_policy_lag": (GRPO, "algorithm.off_policy_lag=1"),
 }
 
 
