@@ -62,7 +62,8 @@ def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Ten
     old_logprobs: the trainer's (proximal) log-probs ``log π_old``; rollout_logprobs: the sampler's
     ``log π_rollout``; mask: the tokens of the loss; all ``[B, T]``. ``ρ = exp(log π_old - log π_rollout)``.
     Metrics (detached 0-dim token-means over ``mask``): ``rollout_is_weight_mean`` (of ``w``, masked-out
-    tokens counting 0) and ``rollout_is_clipfrac`` (the share truncated, ``tis``, or masked, ``mis``).
+    tokens counting 0) and ``rollout_is_clipfrac`` (the share truncated, ``tis``, or masked, ``mis``); both NaN
+    on an empty mask, so that the update's average over minibatches (a ``nanmean``) leaves such a minibatch out.
     ValueError for an unknown mode or ``C <= 1``.
     """
     fn = ROLLOUT_CORRECTIONS.get(mode)
@@ -75,4 +76,6 @@ def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Ten
         weights = masked_fill_zero(weights, m)
         metrics = {"rollout_is_weight_mean": masked_mean(weights, m),
                    "rollout_is_clipfrac": masked_mean((cut & m).to(weights.dtype), m)}
+        if not bool(m.any()):  # no token in the loss (e.g. every group zero-variance filtered): nothing to
+            metrics = {k: torch.full_like(v, float("nan")) for k, v in metrics.items()}  # average, not 0
     return weights, metrics

@@ -64,6 +64,16 @@ def test_extreme_ratios_are_truncated_or_masked_never_nan():
     assert metrics["rollout_is_clipfrac"].item() == 1.0
 
 
+def test_an_empty_mask_gives_zero_weights_and_no_metric_rather_than_zero():
+    """A minibatch with no token in the loss (every group zero-variance filtered) must not pull the update's
+    average weight towards 0: its metrics are NaN, which the update's nanmean leaves out."""
+    old, rollout, mask = _logprobs()
+    w, metrics = rollout_is_weights(old, rollout, torch.zeros_like(mask), "tis", 2.0)
+    assert torch.equal(w, torch.zeros_like(w))
+    assert all(math.isnan(float(v)) for v in metrics.values()) and set(metrics) == {
+        "rollout_is_weight_mean", "rollout_is_clipfrac"}
+
+
 def test_a_cap_of_at_most_one_and_an_unknown_mode_are_refused():
     old, rollout, mask = _logprobs()
     for cap in (1.0, 0.5):
