@@ -435,3 +435,13 @@ def test_a_reward_that_raises_in_the_generator_stops_the_run_in_one_line(in_tmp,
     assert e.value.code == 1 and err[-1].startswith(
         "rlexp: error: rollout generator (iteration 0): reward function rewards_for_tests.fails_in_another_process "
         "raised RuntimeError: scored outside the trainer"), err[-3:]
+
+
+@pytest.mark.slow
+def test_a_lora_policy_sends_its_adapters_and_the_generator_samples_with_them(in_tmp):
+    snaps, steps = Snapshots(), 4
+    run(compose([*BASE, "rollout.off_policy_lag=1", "model.lora.enabled=true", f"trainer.max_steps={steps}",
+                 "tracking=none", "algorithm.actor_lr=0.05"]), callbacks=[snaps])
+    for i in range(1, steps):
+        assert _sampler_gap(snaps.module, snaps.weights[i - 1], snaps.batches[i]) < 1e-4, i
+    assert _sampler_gap(snaps.module, snaps.weights[0], snaps.batches[steps - 1]) > 1e-3  # the adapters moved
