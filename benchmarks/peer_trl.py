@@ -45,9 +45,8 @@ PPO = dict(prompts=64, max_new_tokens=16, beta=0.05, lr=3e-5, critic_lr=1e-4, cl
 
 
 # ---------------------------------------------------------------------------------------------- rlexp
-def rlexp_side(algo: str, weights: dict, steps: int, seed: int, threads: int) -> list[float]:
-    from rlexp.train import compose, run
-
+def rlexp_overrides(algo: str, weights: dict, steps: int, seed: int, threads: int) -> list[str]:
+    """rlexp's overrides for the matched batch of ``algo`` (the shapes above)."""
     common = ["tracking=none", "model=hf", f"model.name_or_path={weights['policy']}", f"seed={seed}",
               f"hardware.num_threads={threads}", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
               "trainer.progress_bar=false", "trainer.num_samples_logged=0", "rollout.temperature=1.0",
@@ -68,8 +67,14 @@ def rlexp_side(algo: str, weights: dict, steps: int, seed: int, threads: int) ->
                 f"algorithm.gamma={p['gamma']}", f"algorithm.lam={p['lam']}", f"rollout.max_new_tokens={p['max_new_tokens']}",
                 "task.reward._target_=rlexp.tasks.reward_model.RewardModel", "task.reward._partial_=false",
                 f"+task.reward.path={weights['reward_model']}"]
+    return common + over
+
+
+def rlexp_side(algo: str, weights: dict, steps: int, seed: int, threads: int) -> list[float]:
+    from rlexp.train import compose, run
+
     timer = lightning_iteration_timer()
-    run(compose(common + over), callbacks=[timer])
+    run(compose(rlexp_overrides(algo, weights, steps, seed, threads)), callbacks=[timer])
     return timer.starts
 
 
