@@ -38,10 +38,11 @@ def screenshot(report: Path, out: Path, *, height: int, full: bool, scroll_to: s
         page = browser.new_page(viewport={"width": 1400, "height": height})
         page.goto(report.resolve().as_uri())
         page.wait_for_load_state("load")
-        if scroll_to:
-            page.locator(f"h2:has-text('{scroll_to}'), h3:has-text('{scroll_to}')").first.scroll_into_view_if_needed()
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        if scroll_to:  # once every figure has its size, so that the heading no longer moves
+            heading = page.locator(f"h2:has-text('{scroll_to}'), h3:has-text('{scroll_to}')").first
             page.evaluate("el => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 8)",
-                          page.locator(f"h2:has-text('{scroll_to}'), h3:has-text('{scroll_to}')").first.element_handle())
+                          heading.element_handle())
         page.screenshot(path=str(out), full_page=full)
         browser.close()
     print(f"{out} ({out.stat().st_size // 1024} KiB)")
