@@ -140,6 +140,8 @@ def ratios(summary: dict[str, dict], sides: dict[str, Side]) -> dict:
     lagged = lambda g: [n for n, s in sides.items() if s.group == g and s.lag]  # noqa: E731
     targets = {}
     for key, group in (("grpo_lag_vs_sync", "grpo"), ("peer_rlexp_lag_vs_trl", "peer")):
+        if group not in groups:
+            continue
         best = fastest(summary, lagged(group))
         base = base_of(group, sides, summary)
         value = speedup(summary.get(best), summary.get(base)) if best and base else None

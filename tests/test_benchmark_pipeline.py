@@ -81,6 +81,7 @@ def test_a_side_that_failed_leaves_its_ratios_empty():
     sides = bench.make_sides(["grpo"], [1])
     r = bench.ratios({"grpo_sync_t1": _row(1.0)}, sides)
     assert r["grpo_lag1_vs_base"] is None and r["targets"]["grpo_lag_vs_sync"]["met"] is None
+    assert list(r["targets"]) == ["grpo_lag_vs_sync"]  # no peer group, no TRL target
 
 
 def test_the_sides_run_rlexp_with_the_lag_and_without_writing_the_policy():
