@@ -29,7 +29,8 @@ def _keys(node) -> set[str]:
 def test_each_block_is_written_in_one_file(shared, _path, key):
     holders = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml")
                      if p.parent.name != "sweeps" and key in _keys(yaml.safe_load(p.read_text()) or {}))
-    assert holders == [shared]
+    # a task's own warm-start values (task/warmstart/<task>.yaml) override the block's, as a model file's do
+    assert [h for h in holders if not h.startswith("task/warmstart/")] == [shared]
 
 
 def test_every_option_composes_the_shared_blocks_at_the_same_keys():
